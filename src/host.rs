@@ -1,0 +1,352 @@
+//! The only module that talks to the proxy-wasm host ABI. It reads values from Envoy, hands them to the pure
+//! modules, and carries out their answer. It holds no policy of its own.
+//!
+//! Host calls go through `proxy_wasm::hostcalls` (which return `Result`) rather than the SDK's trait methods,
+//! which unwrap: a client-controlled value must never be able to panic the VM.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+
+use crate::claims::{self, Call};
+use crate::config::{Config, KeySource, SIGNING_KEY_ENV};
+use crate::identity::RequestFacts;
+use crate::keys::RsaSigner;
+use crate::refusal::Refusal;
+use crate::request::{self, BodyPlan, HeadDecision, LocalResponse, RequestHead};
+
+/// Shared-data key under which the first worker publishes an auto-generated key (PKCS#8 DER) for the others.
+const SHARED_KEY_NAME: &str = "mcp_jwt_signer/generated_rsa_key/v1";
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(PluginRoot { filter: None }) });
+}}
+
+/// Where the signing key lives.
+enum KeyStore {
+    /// Configured (plugin config or environment): fixed for the life of this configuration.
+    Fixed(Rc<RsaSigner>),
+    /// Auto-generated and shared through Envoy's shared data. The cached copy is re-validated against the
+    /// shared value's CAS on use, so a worker that lost a start-up race converges on the published key.
+    Shared(RefCell<Option<(u32, Rc<RsaSigner>)>>),
+}
+
+impl KeyStore {
+    fn signer(&self) -> Option<Rc<RsaSigner>> {
+        match self {
+            KeyStore::Fixed(signer) => Some(signer.clone()),
+            KeyStore::Shared(cache) => {
+                let (bytes, cas) = match hostcalls::get_shared_data(SHARED_KEY_NAME) {
+                    Ok((Some(bytes), Some(cas))) => (bytes, cas),
+                    _ => return cache.borrow().as_ref().map(|(_, s)| s.clone()),
+                };
+                if let Some((cached_cas, signer)) = cache.borrow().as_ref() {
+                    if *cached_cas == cas {
+                        return Some(signer.clone());
+                    }
+                }
+                match RsaSigner::from_pkcs8_der(&bytes) {
+                    Ok(signer) => {
+                        let signer = Rc::new(signer);
+                        *cache.borrow_mut() = Some((cas, signer.clone()));
+                        Some(signer)
+                    }
+                    Err(e) => {
+                        log::error!("shared generated key is unreadable: {e}");
+                        cache.borrow().as_ref().map(|(_, s)| s.clone())
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_ephemeral(&self) -> bool {
+        matches!(self, KeyStore::Shared(_))
+    }
+}
+
+/// Configuration and key of one plugin instance, shared by its HTTP contexts.
+struct Filter {
+    config: Config,
+    keys: KeyStore,
+}
+
+struct PluginRoot {
+    filter: Option<Rc<Filter>>,
+}
+
+impl Context for PluginRoot {}
+
+impl RootContext for PluginRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(bytes) => bytes.unwrap_or_default(),
+            Err(status) => {
+                log::error!("cannot read plugin configuration: {status:?}");
+                return false;
+            }
+        };
+        match load(&bytes) {
+            Ok(filter) => {
+                self.filter = Some(Rc::new(filter));
+                true
+            }
+            Err(message) => {
+                // Returning false makes Envoy refuse the plugin: fail closed.
+                log::error!("{message}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let filter = self.filter.clone()?;
+        Some(Box::new(McpRequest {
+            filter,
+            plan: None,
+            issuer: None,
+            finished: false,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Parses the configuration and obtains the key. Errors name the field and never contain key material.
+fn load(bytes: &[u8]) -> Result<Filter, String> {
+    let config = Config::parse(bytes).map_err(|e| e.to_string())?;
+    let env_value = std::env::var(SIGNING_KEY_ENV).ok();
+    let source = KeySource::resolve(&config, env_value.as_deref()).map_err(|e| e.to_string())?;
+    let keys = match source {
+        KeySource::Config(pem) => {
+            let signer = RsaSigner::from_pem(&pem.0)
+                .map_err(|e| format!("invalid plugin configuration: field `signing_key`: {e}"))?;
+            log::info!("signing with the configured key, kid={}", signer.kid());
+            KeyStore::Fixed(Rc::new(signer))
+        }
+        KeySource::Environment(pem) => {
+            let signer = RsaSigner::from_pem(&pem.0).map_err(|e| {
+                format!("invalid signing key in environment variable {SIGNING_KEY_ENV}: {e}")
+            })?;
+            log::info!(
+                "signing with the key from {SIGNING_KEY_ENV}, kid={}",
+                signer.kid()
+            );
+            KeyStore::Fixed(Rc::new(signer))
+        }
+        KeySource::Generated => {
+            let store = KeyStore::Shared(RefCell::new(None));
+            publish_generated_key()?;
+            let signer = store
+                .signer()
+                .ok_or("the generated signing key could not be shared")?;
+            log::warn!(
+                "mcp_jwt_signer: no signing key configured; using an auto-generated RSA-2048 key (kid={}) that is \
+                 lost when Envoy restarts. Set `signing_key` or {SIGNING_KEY_ENV} for stable keys and for replicas.",
+                signer.kid()
+            );
+            store
+        }
+    };
+    Ok(Filter { config, keys })
+}
+
+/// Makes sure a generated key is published in shared data. Shared data has no create-if-absent, so: read,
+/// generate only if absent, read again right before writing, and let every worker use whatever is stored.
+fn publish_generated_key() -> Result<(), String> {
+    if let Ok((Some(_), _)) = hostcalls::get_shared_data(SHARED_KEY_NAME) {
+        return Ok(());
+    }
+    let signer = RsaSigner::generate().map_err(|e| e.to_string())?;
+    let der = signer.to_pkcs8_der().map_err(|e| e.to_string())?;
+    if let Ok((Some(_), _)) = hostcalls::get_shared_data(SHARED_KEY_NAME) {
+        return Ok(()); // another worker finished first: use its key
+    }
+    hostcalls::set_shared_data(SHARED_KEY_NAME, Some(&der), None)
+        .map_err(|status| format!("cannot publish the generated key in shared data: {status:?}"))
+}
+
+/// One HTTP request.
+struct McpRequest {
+    filter: Rc<Filter>,
+    /// Set while the body is being buffered.
+    plan: Option<BodyPlan>,
+    issuer: Option<crate::config::Issuer>,
+    /// A token was set or a local reply sent: nothing more to do.
+    finished: bool,
+}
+
+struct HostHeaders;
+
+impl RequestFacts for HostHeaders {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        request_header(name)
+    }
+}
+
+fn request_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+impl McpRequest {
+    fn respond(&mut self, response: LocalResponse) -> Action {
+        self.finished = true;
+        let headers: Vec<(&str, &str)> = response
+            .headers
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        if let Err(status) =
+            hostcalls::send_http_response(response.status, headers, Some(&response.body))
+        {
+            log::error!("cannot send local response: {status:?}");
+        }
+        Action::Pause
+    }
+
+    fn refuse(&mut self, refusal: Refusal) -> Action {
+        log::info!("{refusal}");
+        self.respond(LocalResponse::refusal(&refusal))
+    }
+
+    /// Mints the token and puts it on the request, or refuses.
+    fn sign(&mut self, call: &Call) -> Action {
+        let Some(issuer) = self.issuer.clone() else {
+            return self.refuse(Refusal::Internal("issuer not resolved"));
+        };
+        let Some(signer) = self.filter.keys.signer() else {
+            return self.refuse(Refusal::KeyUnavailable);
+        };
+        let now = match hostcalls::get_current_time().map(|t| t.duration_since(UNIX_EPOCH)) {
+            Ok(Ok(d)) => d.as_secs(),
+            _ => return self.refuse(Refusal::Internal("clock unavailable")),
+        };
+        let Ok(jti) = claims::new_jti() else {
+            return self.refuse(Refusal::Internal("random source unavailable"));
+        };
+        match request::mint(
+            &self.filter.config,
+            &signer,
+            &issuer,
+            &HostHeaders,
+            call,
+            now,
+            jti,
+        ) {
+            Ok(token) => {
+                let value = format!("Bearer {token}");
+                if hostcalls::set_map_value(
+                    MapType::HttpRequestHeaders,
+                    "authorization",
+                    Some(&value),
+                )
+                .is_err()
+                {
+                    return self.refuse(Refusal::Internal("cannot set the authorization header"));
+                }
+                self.finished = true;
+                Action::Continue
+            }
+            Err(refusal) => self.refuse(refusal),
+        }
+    }
+}
+
+impl Context for McpRequest {}
+
+impl HttpContext for McpRequest {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        // No token passthrough: whatever the client sent is dropped before anything else happens.
+        if hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", None).is_err() {
+            return self.refuse(Refusal::Internal(
+                "cannot remove the client's authorization header",
+            ));
+        }
+        let method = request_header(":method").unwrap_or_default();
+        let path = request_header(":path").unwrap_or_default();
+        let scheme = request_header(":scheme").unwrap_or_default();
+        let authority = request_header(":authority").unwrap_or_default();
+        let content_length = request_header("content-length");
+        let content_encoding = request_header("content-encoding");
+
+        let config = &self.filter.config;
+        let issuer = match request::issuer_for(config, &scheme, &authority) {
+            Ok(issuer) => issuer,
+            Err(refusal) => return self.refuse(refusal),
+        };
+        let head = RequestHead {
+            method: &method,
+            path: &path,
+            content_length: content_length.as_deref(),
+            content_encoding: content_encoding.as_deref(),
+            end_of_stream,
+        };
+        let decision = request::on_headers(&head, &issuer.path, config.max_body_bytes);
+        self.issuer = Some(issuer);
+        match decision {
+            HeadDecision::Serve(endpoint) => {
+                let Some(signer) = self.filter.keys.signer() else {
+                    return self.refuse(Refusal::KeyUnavailable);
+                };
+                let Some(issuer) = self.issuer.as_ref() else {
+                    return self.refuse(Refusal::Internal("issuer not resolved"));
+                };
+                let response = LocalResponse::well_known(
+                    endpoint,
+                    issuer,
+                    &[signer.jwk()],
+                    self.filter.keys.is_ephemeral(),
+                );
+                self.respond(response)
+            }
+            HeadDecision::Refuse(refusal) => self.refuse(refusal),
+            HeadDecision::Sign(call) => self.sign(&call),
+            HeadDecision::AwaitBody(plan) => {
+                self.plan = Some(plan);
+                // Envoy delivers the body only because the filter sets allow_on_headers_stop_iteration.
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.finished {
+            return Action::Continue;
+        }
+        let Some(plan) = self.plan.clone() else {
+            return self.refuse(Refusal::Internal("body without a plan"));
+        };
+        let max = self.filter.config.max_body_bytes;
+        if body_size > max {
+            return self.refuse(Refusal::BodyTooLarge { limit: max });
+        }
+        if !end_of_stream {
+            return Action::Pause; // keep buffering
+        }
+        let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
+            Ok(body) => body.unwrap_or_default(),
+            Err(_) => return self.refuse(Refusal::Internal("cannot read the request body")),
+        };
+        match request::on_body(&plan, &body, max) {
+            Ok(call) => self.sign(&call),
+            Err(refusal) => self.refuse(refusal),
+        }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.finished {
+            return Action::Continue;
+        }
+        // Trailers end the request before the body callback saw end of stream: never let it go on unsigned.
+        self.refuse(Refusal::UnexpectedTrailers)
+    }
+}

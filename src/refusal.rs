@@ -1,0 +1,173 @@
+//! Why a request is refused, and what the client, the log and the metrics see.
+//!
+//! Every refusal is a JSON-RPC error object with an HTTP status; the request never reaches the MCP server.
+
+use std::fmt;
+
+use serde_json::{json, Value};
+
+use crate::identity::IdentityError;
+use crate::mcp::McpError;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Refusal {
+    /// The body is not an MCP request we will sign.
+    Body(McpError),
+    /// The body is larger than `max_body_bytes`.
+    BodyTooLarge { limit: usize },
+    /// A `content-encoding` the filter cannot read (it must see the JSON it scopes).
+    UnsupportedEncoding,
+    /// An HTTP method MCP's Streamable HTTP transport does not use.
+    MethodNotAllowed { allow: &'static str },
+    /// A GET or DELETE with a body: MCP sends none, and the server must not see bytes we did not read.
+    UnexpectedBody,
+    /// Request trailers: MCP sends none, and they would arrive after the token was decided.
+    UnexpectedTrailers,
+    /// An identity source held a value we will not put into a token.
+    Identity(IdentityError),
+    /// No issuer is configured and the request's `:authority` cannot be one.
+    BadAuthority,
+    /// The signing key is not available (generation failed or still running).
+    KeyUnavailable,
+    /// Signing failed.
+    Internal(&'static str),
+}
+
+impl Refusal {
+    pub fn status(&self) -> u32 {
+        match self {
+            Refusal::Body(_) | Refusal::UnexpectedBody | Refusal::UnexpectedTrailers => 400,
+            Refusal::Identity(_) | Refusal::BadAuthority => 400,
+            Refusal::BodyTooLarge { .. } => 413,
+            Refusal::UnsupportedEncoding => 415,
+            Refusal::MethodNotAllowed { .. } => 405,
+            Refusal::KeyUnavailable => 503,
+            Refusal::Internal(_) => 500,
+        }
+    }
+
+    /// JSON-RPC 2.0 error code.
+    pub fn code(&self) -> i64 {
+        match self {
+            Refusal::Body(McpError::Parse(_)) => -32700,
+            Refusal::Body(McpError::InvalidParams { .. }) => -32602,
+            Refusal::KeyUnavailable | Refusal::Internal(_) => -32603,
+            _ => -32600,
+        }
+    }
+
+    /// A short stable name, for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Body(McpError::Parse(_)) => "parse_error",
+            Refusal::Body(McpError::InvalidRequest { .. }) => "invalid_request",
+            Refusal::Body(McpError::InvalidParams { .. }) => "invalid_params",
+            Refusal::BodyTooLarge { .. } => "body_too_large",
+            Refusal::UnsupportedEncoding => "unsupported_encoding",
+            Refusal::MethodNotAllowed { .. } => "method_not_allowed",
+            Refusal::UnexpectedBody => "unexpected_body",
+            Refusal::UnexpectedTrailers => "unexpected_trailers",
+            Refusal::Identity(_) => "invalid_identity",
+            Refusal::BadAuthority => "invalid_authority",
+            Refusal::KeyUnavailable => "key_unavailable",
+            Refusal::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn id(&self) -> Option<&Value> {
+        match self {
+            Refusal::Body(e) => e.id(),
+            _ => None,
+        }
+    }
+
+    /// The JSON-RPC error `message` the client sees.
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::Body(e) => e.to_string(),
+            Refusal::BodyTooLarge { limit } => {
+                format!("request body exceeds the limit of {limit} bytes")
+            }
+            Refusal::UnsupportedEncoding => {
+                "content-encoding is not supported; send the JSON-RPC body uncompressed".into()
+            }
+            Refusal::MethodNotAllowed { allow } => {
+                format!("HTTP method not allowed; allowed: {allow}")
+            }
+            Refusal::UnexpectedBody => "GET and DELETE requests must not carry a body".into(),
+            Refusal::UnexpectedTrailers => "request trailers are not supported".into(),
+            Refusal::Identity(e) => format!("invalid identity: {e}"),
+            Refusal::BadAuthority => "the request's :authority is not a valid host".into(),
+            Refusal::KeyUnavailable => "the signing key is not available yet; retry".into(),
+            Refusal::Internal(what) => format!("internal error: {what}"),
+        }
+    }
+
+    /// The response body: a JSON-RPC error object.
+    pub fn body(&self) -> Vec<u8> {
+        json!({
+            "jsonrpc": "2.0",
+            "id": self.id().cloned().unwrap_or(Value::Null),
+            "error": {"code": self.code(), "message": self.message()},
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// Extra response headers besides `content-type`.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Refusal::MethodNotAllowed { allow } => vec![("allow", allow.to_string())],
+            Refusal::KeyUnavailable => vec![("retry-after", "1".to_string())],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// One log line per refusal: reason, status, JSON-RPC id, detail. No header values, no tokens, no keys.
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = self
+            .id()
+            .map(Value::to_string)
+            .unwrap_or_else(|| "null".into());
+        let id: String = id.chars().take(80).collect();
+        write!(
+            f,
+            "refused reason={} status={} jsonrpc_id={} detail={:?}",
+            self.reason(),
+            self.status(),
+            id,
+            self.message()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_is_json_rpc() {
+        let r = Refusal::Body(McpError::InvalidParams {
+            id: Some(json!(7)),
+            detail: "bad tool".into(),
+        });
+        let body: Value = serde_json::from_slice(&r.body()).unwrap();
+        assert_eq!(body["jsonrpc"], "2.0");
+        assert_eq!(body["id"], 7);
+        assert_eq!(body["error"]["code"], -32602);
+        assert_eq!(r.status(), 400);
+        assert!(r.to_string().contains("reason=invalid_params"));
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(Refusal::BodyTooLarge { limit: 1 }.status(), 413);
+        assert_eq!(Refusal::UnsupportedEncoding.status(), 415);
+        assert_eq!(Refusal::MethodNotAllowed { allow: "GET" }.status(), 405);
+        assert_eq!(Refusal::Body(McpError::Parse("x".into())).code(), -32700);
+        let body: Value = serde_json::from_slice(&Refusal::UnsupportedEncoding.body()).unwrap();
+        assert_eq!(body["id"], Value::Null);
+    }
+}

@@ -1,0 +1,112 @@
+//! The filter's own OIDC discovery document and JWKS, served under the issuer's path.
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::keys::Jwk;
+
+pub const DISCOVERY_SUFFIX: &str = "/.well-known/openid-configuration";
+pub const JWKS_SUFFIX: &str = "/.well-known/jwks.json";
+
+/// `Cache-Control` for a configured key: verifiers may cache for five minutes (and must re-fetch on an unknown
+/// `kid`).
+pub const CACHE_CONTROL_CONFIGURED: &str = "public, max-age=300";
+/// `Cache-Control` for an auto-generated key, which changes on every Envoy restart: keep verifier caches short.
+pub const CACHE_CONTROL_EPHEMERAL: &str = "public, max-age=60";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Discovery,
+    Jwks,
+}
+
+/// Which endpoint, if any, `path` names. The query string is ignored (never forwarded either); the path must
+/// match exactly, case-sensitively, under the issuer's path. Envoy normalises the path before the filter.
+pub fn endpoint(path: &[u8], issuer_path: &str) -> Option<Endpoint> {
+    let path = match path.iter().position(|&b| b == b'?') {
+        Some(i) => &path[..i],
+        None => path,
+    };
+    let rest = path.strip_prefix(issuer_path.as_bytes())?;
+    if rest == DISCOVERY_SUFFIX.as_bytes() {
+        Some(Endpoint::Discovery)
+    } else if rest == JWKS_SUFFIX.as_bytes() {
+        Some(Endpoint::Jwks)
+    } else {
+        None
+    }
+}
+
+pub fn jwks_uri(issuer_url: &str) -> String {
+    format!("{issuer_url}{JWKS_SUFFIX}")
+}
+
+/// OpenID Connect Discovery 1.0 metadata. The filter is not an OpenID provider (it has no authorization
+/// endpoint); it publishes the members verifiers read, plus the ones the spec marks REQUIRED so that strict
+/// OIDC clients accept the document.
+pub fn discovery_document(issuer_url: &str) -> String {
+    json!({
+        "issuer": issuer_url,
+        "jwks_uri": jwks_uri(issuer_url),
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "claims_supported": ["iss", "aud", "sub", "act", "email", "scope", "iat", "nbf", "exp", "jti"],
+        "scopes_supported": ["mcp:tools/call", "mcp:tools/list"],
+    })
+    .to_string()
+}
+
+#[derive(Serialize)]
+struct JwkSet<'a> {
+    keys: &'a [&'a Jwk],
+}
+
+pub fn jwks_document(keys: &[&Jwk]) -> String {
+    serde_json::to_string(&JwkSet { keys }).unwrap_or_else(|_| r#"{"keys":[]}"#.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_at_root_and_under_a_path() {
+        assert_eq!(
+            endpoint(b"/.well-known/openid-configuration", ""),
+            Some(Endpoint::Discovery)
+        );
+        assert_eq!(
+            endpoint(b"/.well-known/jwks.json?x=1", ""),
+            Some(Endpoint::Jwks)
+        );
+        assert_eq!(
+            endpoint(b"/t/.well-known/jwks.json", "/t"),
+            Some(Endpoint::Jwks)
+        );
+        for other in [
+            &b"/.well-known/jwks.json"[..],
+            b"/t/.well-known/jwks.json/",
+            b"/t/.well-known/JWKS.json",
+            b"/tt/.well-known/jwks.json",
+            b"/t/mcp",
+        ] {
+            assert_eq!(
+                endpoint(other, "/t"),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+
+    #[test]
+    fn discovery_names_the_jwks_under_the_issuer() {
+        let doc: serde_json::Value =
+            serde_json::from_str(&discovery_document("https://gw/t")).unwrap();
+        assert_eq!(doc["issuer"], "https://gw/t");
+        assert_eq!(doc["jwks_uri"], "https://gw/t/.well-known/jwks.json");
+        assert_eq!(doc["id_token_signing_alg_values_supported"][0], "RS256");
+    }
+}
