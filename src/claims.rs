@@ -2,8 +2,9 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
+use serde_json::{json, Map, Value};
 
+use crate::config::ClaimShaping;
 use crate::identity::Identity;
 use crate::mcp::McpCall;
 
@@ -16,6 +17,18 @@ pub enum Call {
     Stream,
     /// A DELETE ending the session.
     SessionDelete,
+}
+
+impl Call {
+    /// Tools this request calls.
+    pub fn tools(&self) -> impl Iterator<Item = &String> {
+        match self {
+            Call::Messages(m) => Some(m.tools.iter()),
+            _ => None,
+        }
+        .into_iter()
+        .flatten()
+    }
 }
 
 /// Scope of a GET (the SSE stream that carries server-initiated messages).
@@ -46,29 +59,7 @@ pub fn scope(call: &Call) -> String {
     }
 }
 
-/// RFC 8693 `act` (actor) claim: who acts on behalf of `sub`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Actor {
-    pub sub: String,
-}
-
-/// The JWT claim set, serialised in this field order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Claims {
-    pub iss: String,
-    pub aud: String,
-    pub sub: String,
-    pub act: Actor,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub email: Option<String>,
-    pub scope: String,
-    pub iat: u64,
-    pub nbf: u64,
-    pub exp: u64,
-    pub jti: String,
-}
-
-/// Everything a claim set is made of.
+/// Everything a claim set is made of except time and `jti`.
 pub struct ClaimInputs<'a> {
     pub issuer: &'a str,
     pub audience: &'a str,
@@ -76,32 +67,67 @@ pub struct ClaimInputs<'a> {
     pub default_actor: &'a str,
     pub identity: &'a Identity,
     pub scope: String,
-    pub now: u64,
-    pub ttl_seconds: u64,
-    pub jti: String,
+    /// Values for `copy_claims`, in order (already resolved).
+    pub copied: Vec<(String, Value)>,
 }
 
-pub fn build(inputs: ClaimInputs<'_>) -> Claims {
-    let id = inputs.identity;
-    Claims {
-        iss: inputs.issuer.to_string(),
-        aud: inputs.audience.to_string(),
-        sub: id
-            .subject
-            .clone()
-            .unwrap_or_else(|| inputs.default_actor.to_string()),
-        act: Actor {
-            sub: id
-                .actor
-                .clone()
-                .unwrap_or_else(|| inputs.default_actor.to_string()),
-        },
-        email: id.email.clone(),
-        scope: inputs.scope,
-        iat: inputs.now,
-        nbf: inputs.now,
-        exp: inputs.now.saturating_add(inputs.ttl_seconds),
-        jti: inputs.jti,
+/// The claims that do not depend on the time: the token cache's key. `serde_json::Map` is ordered by key, so
+/// its JSON text is canonical.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimelessClaims(pub Map<String, Value>);
+
+impl TimelessClaims {
+    pub fn build(inputs: ClaimInputs<'_>, shaping: &ClaimShaping) -> TimelessClaims {
+        let id = inputs.identity;
+        let mut claims = Map::new();
+        claims.insert("iss".into(), json!(inputs.issuer));
+        claims.insert("aud".into(), json!(inputs.audience));
+        claims.insert(
+            "sub".into(),
+            json!(id.subject.as_deref().unwrap_or(inputs.default_actor)),
+        );
+        claims.insert(
+            "act".into(),
+            json!({"sub": id.actor.as_deref().unwrap_or(inputs.default_actor)}),
+        );
+        if let Some(email) = &id.email {
+            claims.insert("email".into(), json!(email));
+        }
+        claims.insert("scope".into(), json!(inputs.scope));
+        for (name, value) in inputs.copied {
+            claims.insert(name, value);
+        }
+        for (name, value) in &shaping.add {
+            claims.insert(name.clone(), value.clone());
+        }
+        TimelessClaims(claims)
+    }
+
+    /// Canonical text for cache lookups.
+    pub fn cache_key(&self) -> String {
+        Value::Object(self.0.clone()).to_string()
+    }
+
+    /// The final claim set: time and `jti` stamped, then the operator's overrides and removals.
+    pub fn stamp(
+        &self,
+        now: u64,
+        ttl_seconds: u64,
+        jti: String,
+        shaping: &ClaimShaping,
+    ) -> Map<String, Value> {
+        let mut claims = self.0.clone();
+        claims.insert("iat".into(), json!(now));
+        claims.insert("nbf".into(), json!(now));
+        claims.insert("exp".into(), json!(now.saturating_add(ttl_seconds)));
+        claims.insert("jti".into(), json!(jti));
+        for (name, value) in &shaping.override_ {
+            claims.insert(name.clone(), value.clone());
+        }
+        for name in &shaping.remove {
+            claims.remove(name);
+        }
+        claims
     }
 }
 
@@ -115,6 +141,7 @@ pub fn new_jti() -> Result<String, getrandom::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use crate::mcp::parse_body;
 
     fn scope_of(body: &str) -> String {
@@ -154,44 +181,120 @@ mod tests {
         assert_eq!(scope(&Call::SessionDelete), "mcp:session:delete");
     }
 
-    #[test]
-    fn defaults_fill_missing_identity() {
-        let anonymous = Identity::default();
-        let c = build(ClaimInputs {
+    fn inputs<'a>(identity: &'a Identity, copied: Vec<(String, Value)>) -> ClaimInputs<'a> {
+        ClaimInputs {
             issuer: "https://gw",
             audience: "mcp",
             default_actor: "mcp-gateway",
-            identity: &anonymous,
+            identity,
             scope: "mcp:ping".into(),
-            now: 1000,
-            ttl_seconds: 300,
-            jti: "j".into(),
-        });
-        assert_eq!(c.sub, "mcp-gateway");
-        assert_eq!(c.act.sub, "mcp-gateway");
-        assert_eq!((c.iat, c.nbf, c.exp), (1000, 1000, 1300));
-        let json = serde_json::to_value(&c).unwrap();
-        assert!(json.get("email").is_none());
+            copied,
+        }
+    }
+
+    #[test]
+    fn defaults_fill_missing_identity() {
+        let anonymous = Identity::default();
+        let c = TimelessClaims::build(inputs(&anonymous, vec![]), &ClaimShaping::default()).stamp(
+            1000,
+            300,
+            "j".into(),
+            &ClaimShaping::default(),
+        );
+        assert_eq!(c["sub"], "mcp-gateway");
+        assert_eq!(c["act"]["sub"], "mcp-gateway");
+        assert_eq!(
+            (c["iat"].as_u64(), c["nbf"].as_u64(), c["exp"].as_u64()),
+            (Some(1000), Some(1000), Some(1300))
+        );
+        assert!(c.get("email").is_none());
 
         let known = Identity {
             subject: Some("alice".into()),
             email: Some("a@x".into()),
             actor: Some("team-1".into()),
         };
-        let c = build(ClaimInputs {
-            issuer: "https://gw",
-            audience: "mcp",
-            default_actor: "mcp-gateway",
-            identity: &known,
-            scope: String::new(),
-            now: 0,
-            ttl_seconds: 1,
-            jti: "j".into(),
-        });
+        let c = TimelessClaims::build(inputs(&known, vec![]), &ClaimShaping::default());
         assert_eq!(
-            (c.sub.as_str(), c.act.sub.as_str(), c.email.as_deref()),
-            ("alice", "team-1", Some("a@x"))
+            (&c.0["sub"], &c.0["act"]["sub"], &c.0["email"]),
+            (&json!("alice"), &json!("team-1"), &json!("a@x"))
         );
+    }
+
+    #[test]
+    fn shaping_copies_adds_overrides_and_removes() {
+        let cfg = Config::parse(
+            br#"{"copy_claims":{"groups":"jwt:groups"},"add_claims":{"tenant":"acme"},
+                 "override_claims":{"iss":"https://other","tier":"gold"},"remove_claims":["email","nbf"]}"#,
+        )
+        .unwrap();
+        let who = Identity {
+            subject: Some("alice".into()),
+            email: Some("a@x".into()),
+            actor: None,
+        };
+        let timeless = TimelessClaims::build(
+            inputs(&who, vec![("groups".into(), json!(["admins"]))]),
+            &cfg.claims,
+        );
+        let c = timeless.stamp(5, 10, "j".into(), &cfg.claims);
+        assert_eq!(c["groups"], json!(["admins"]));
+        assert_eq!(c["tenant"], "acme");
+        assert_eq!(c["iss"], "https://other");
+        assert_eq!(c["tier"], "gold");
+        assert!(c.get("email").is_none() && c.get("nbf").is_none());
+        assert_eq!(c["exp"], 15);
+    }
+
+    #[test]
+    fn cache_key_ignores_time_and_jti_but_not_claims() {
+        let a = Identity {
+            subject: Some("alice".into()),
+            ..Default::default()
+        };
+        let b = Identity {
+            subject: Some("bob".into()),
+            ..Default::default()
+        };
+        let shaping = ClaimShaping::default();
+        let ka = TimelessClaims::build(inputs(&a, vec![]), &shaping).cache_key();
+        assert_eq!(
+            ka,
+            TimelessClaims::build(inputs(&a, vec![]), &shaping).cache_key()
+        );
+        assert_ne!(
+            ka,
+            TimelessClaims::build(inputs(&b, vec![]), &shaping).cache_key()
+        );
+        assert_ne!(
+            ka,
+            TimelessClaims::build(inputs(&a, vec![("g".into(), json!(1))]), &shaping).cache_key()
+        );
+    }
+
+    #[test]
+    fn shaping_rules_are_enforced_at_load() {
+        for (cfg, field) in [
+            (r#"{"copy_claims":{"sub":"jwt:sub"}}"#, "copy_claims.sub"),
+            (r#"{"copy_claims":{"g":"nope"}}"#, "copy_claims.g"),
+            (r#"{"add_claims":{"exp":1}}"#, "add_claims.exp"),
+            (
+                r#"{"override_claims":{"scope":"mcp:*"}}"#,
+                "override_claims.scope",
+            ),
+            (
+                r#"{"override_claims":{"exp":"soon"}}"#,
+                "override_claims.exp",
+            ),
+            (r#"{"remove_claims":["iss"]}"#, "remove_claims[0]"),
+            (r#"{"remove_claims":["scope"]}"#, "remove_claims[0]"),
+        ] {
+            assert_eq!(
+                Config::parse(cfg.as_bytes()).unwrap_err().field,
+                field,
+                "{cfg}"
+            );
+        }
     }
 
     #[test]

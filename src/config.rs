@@ -5,9 +5,12 @@
 
 use std::fmt;
 
-use serde::Deserialize;
+use std::collections::BTreeMap;
 
-use crate::identity::{IdentityConfig, IdentitySources};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::identity::{IdentityConfig, IdentitySources, Source};
 
 /// Every default of the plugin configuration.
 pub mod defaults {
@@ -19,7 +22,24 @@ pub mod defaults {
     pub const MAX_TTL_SECONDS: u64 = 24 * 60 * 60;
     /// Upper bound for `max_body_bytes`; MCP messages are small and the filter buffers the whole body.
     pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+    /// jwt_authn `payload_in_metadata` name read by `jwt:` sources.
+    pub const JWT_PAYLOAD_IN_METADATA: &str = "jwt_payload";
+    pub const REQUIRE_SUBJECT: bool = false;
+    pub const STRIP_IDENTITY_HEADERS: bool = true;
+    /// Token cache: entries per worker VM (0 switches the cache off).
+    pub const CACHE_MAX_ENTRIES: usize = 1024;
+    /// Token cache: bytes of tokens per worker VM.
+    pub const CACHE_MAX_BYTES: usize = 4 * 1024 * 1024;
+    /// Token cache: a cached token is reused while at least this fraction of `ttl_seconds` remains.
+    pub const CACHE_MIN_REMAINING_FRACTION: f64 = 0.5;
 }
+
+/// Claims the filter computes itself; `copy_claims` and `add_claims` may not write them.
+pub const FILTER_CLAIMS: [&str; 10] = [
+    "iss", "aud", "sub", "act", "email", "scope", "iat", "nbf", "exp", "jti",
+];
+/// Claims a verifier needs; `remove_claims` may not remove them.
+pub const ESSENTIAL_CLAIMS: [&str; 6] = ["iss", "aud", "exp", "iat", "jti", "scope"];
 
 /// The configuration as written by the operator.
 #[derive(Debug, Default, Deserialize)]
@@ -32,6 +52,46 @@ struct RawConfig {
     actor: Option<String>,
     identity: Option<IdentityConfig>,
     max_body_bytes: Option<i64>,
+    jwt_payload_in_metadata: Option<String>,
+    require_subject: Option<bool>,
+    required_claims: Option<Vec<String>>,
+    copy_claims: Option<BTreeMap<String, String>>,
+    add_claims: Option<Map<String, Value>>,
+    override_claims: Option<Map<String, Value>>,
+    remove_claims: Option<Vec<String>>,
+    strip_identity_headers: Option<bool>,
+    token_cache: Option<RawTokenCache>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokenCache {
+    max_entries: Option<u64>,
+    max_bytes: Option<u64>,
+    min_remaining_seconds: Option<u64>,
+}
+
+/// How claims beyond the standard set are shaped (applied in this order).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClaimShaping {
+    /// Output claim ← source value (e.g. `groups` ← `jwt:groups`); skipped when the source is empty.
+    pub copy: Vec<(String, Source)>,
+    /// Fixed claims added; they cannot replace a claim the filter computes.
+    pub add: Map<String, Value>,
+    /// Fixed claims that replace anything but `scope`, registered claims included: the explicit override.
+    pub override_: Map<String, Value>,
+    /// Claims removed last.
+    pub remove: Vec<String>,
+}
+
+/// Per-worker token cache settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenCacheConfig {
+    /// 0: no cache (a fresh token and `jti` per request).
+    pub max_entries: usize,
+    pub max_bytes: usize,
+    /// A cached token is used only while at least this many seconds of its lifetime remain.
+    pub min_remaining_seconds: u64,
 }
 
 /// A validated configuration.
@@ -46,6 +106,15 @@ pub struct Config {
     pub actor: String,
     pub identity: IdentitySources,
     pub max_body_bytes: usize,
+    pub jwt_payload_in_metadata: String,
+    /// Refuse (401) requests without a resolvable user.
+    pub require_subject: bool,
+    /// Claim paths that must be present in jwt_authn's verified payload (else 403).
+    pub required_claims: Vec<Source>,
+    pub claims: ClaimShaping,
+    /// Remove the headers named by `header:` sources before the request goes upstream.
+    pub strip_identity_headers: bool,
+    pub token_cache: TokenCacheConfig,
 }
 
 /// A PEM private key held as text; its `Debug` does not print it.
@@ -174,7 +243,8 @@ impl Config {
         Self::validate(raw)
     }
 
-    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    fn validate(mut raw: RawConfig) -> Result<Config, ConfigError> {
+        let claims = Self::claim_shaping(&raw)?;
         let issuer = match raw.issuer {
             None => None,
             Some(s) => Some(Issuer::parse(&s).map_err(|r| ConfigError::new("issuer", r))?),
@@ -223,8 +293,8 @@ impl Config {
             }
             Some(n) => n as usize,
         };
-        let identity = IdentitySources::from_config(raw.identity.unwrap_or_default())?;
-        let signing_key = match raw.signing_key {
+        let identity = IdentitySources::from_config(raw.identity.take().unwrap_or_default())?;
+        let signing_key = match raw.signing_key.take() {
             None => None,
             Some(pem) if pem.trim().is_empty() => {
                 return Err(ConfigError::new(
@@ -234,6 +304,24 @@ impl Config {
             }
             Some(pem) => Some(SecretPem(pem)),
         };
+        let jwt_payload_in_metadata = raw
+            .jwt_payload_in_metadata
+            .take()
+            .unwrap_or_else(|| defaults::JWT_PAYLOAD_IN_METADATA.to_string());
+        check_claim_text("jwt_payload_in_metadata", &jwt_payload_in_metadata)?;
+        let required_claims = raw
+            .required_claims
+            .take()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, claim)| {
+                Source::parse(&format!("jwt:{claim}"))
+                    .map_err(|r| ConfigError::new(format!("required_claims[{i}]"), r))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let token_cache =
+            Self::token_cache(raw.token_cache.take().unwrap_or_default(), ttl_seconds)?;
         Ok(Config {
             issuer,
             audience,
@@ -242,6 +330,127 @@ impl Config {
             actor,
             identity,
             max_body_bytes,
+            jwt_payload_in_metadata,
+            require_subject: raw.require_subject.unwrap_or(defaults::REQUIRE_SUBJECT),
+            required_claims,
+            claims,
+            strip_identity_headers: raw
+                .strip_identity_headers
+                .unwrap_or(defaults::STRIP_IDENTITY_HEADERS),
+            token_cache,
+        })
+    }
+
+    fn claim_shaping(raw: &RawConfig) -> Result<ClaimShaping, ConfigError> {
+        let check_name = |field: &str, name: &str| -> Result<(), ConfigError> {
+            if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+                return Err(ConfigError::new(
+                    field,
+                    "claim names must be 1-256 characters without control characters",
+                ));
+            }
+            Ok(())
+        };
+        let mut copy = Vec::new();
+        for (name, source) in raw.copy_claims.iter().flatten() {
+            let field = format!("copy_claims.{name}");
+            check_name(&field, name)?;
+            if FILTER_CLAIMS.contains(&name.as_str()) {
+                return Err(ConfigError::new(
+                    field,
+                    "is computed by the filter; set it with `identity` or replace it with `override_claims`",
+                ));
+            }
+            copy.push((
+                name.clone(),
+                Source::parse(source).map_err(|r| ConfigError::new(&field, r))?,
+            ));
+        }
+        let add = raw.add_claims.clone().unwrap_or_default();
+        for name in add.keys() {
+            let field = format!("add_claims.{name}");
+            check_name(&field, name)?;
+            if FILTER_CLAIMS.contains(&name.as_str()) {
+                return Err(ConfigError::new(
+                    field,
+                    "is computed by the filter; use `override_claims` to replace it explicitly",
+                ));
+            }
+        }
+        let override_ = raw.override_claims.clone().unwrap_or_default();
+        for (name, value) in &override_ {
+            let field = format!("override_claims.{name}");
+            check_name(&field, name)?;
+            if name == "scope" {
+                return Err(ConfigError::new(
+                    field,
+                    "scope is always derived from the request (least privilege)",
+                ));
+            }
+            let ok = match name.as_str() {
+                "iss" | "sub" | "jti" => value.is_string(),
+                "aud" => {
+                    value.is_string()
+                        || value
+                            .as_array()
+                            .is_some_and(|a| a.iter().all(Value::is_string))
+                }
+                "iat" | "nbf" | "exp" => value.is_u64(),
+                _ => true,
+            };
+            if !ok {
+                return Err(ConfigError::new(
+                    field,
+                    "has the wrong type for this registered claim",
+                ));
+            }
+        }
+        let remove = raw.remove_claims.clone().unwrap_or_default();
+        for (i, name) in remove.iter().enumerate() {
+            let field = format!("remove_claims[{i}]");
+            check_name(&field, name)?;
+            if ESSENTIAL_CLAIMS.contains(&name.as_str()) {
+                return Err(ConfigError::new(
+                    field,
+                    format!("`{name}` is needed by every verifier"),
+                ));
+            }
+        }
+        Ok(ClaimShaping {
+            copy,
+            add,
+            override_,
+            remove,
+        })
+    }
+
+    fn token_cache(raw: RawTokenCache, ttl_seconds: u64) -> Result<TokenCacheConfig, ConfigError> {
+        let max_entries = raw
+            .max_entries
+            .unwrap_or(defaults::CACHE_MAX_ENTRIES as u64);
+        if max_entries > 1_000_000 {
+            return Err(ConfigError::new(
+                "token_cache.max_entries",
+                "at most 1000000",
+            ));
+        }
+        let max_bytes = raw.max_bytes.unwrap_or(defaults::CACHE_MAX_BYTES as u64);
+        if max_bytes > 1 << 30 {
+            return Err(ConfigError::new("token_cache.max_bytes", "at most 1 GiB"));
+        }
+        let default_remaining =
+            (ttl_seconds as f64 * defaults::CACHE_MIN_REMAINING_FRACTION).ceil() as u64;
+        let min_remaining_seconds = raw.min_remaining_seconds.unwrap_or(default_remaining);
+        if min_remaining_seconds >= ttl_seconds && max_entries > 0 {
+            return Err(ConfigError::new(
+                "token_cache.min_remaining_seconds",
+                "must be less than ttl_seconds (or switch the cache off with max_entries: 0)",
+            ));
+        }
+        Ok(TokenCacheConfig {
+            max_entries: max_entries as usize,
+            max_bytes: max_bytes as usize,
+            min_remaining_seconds,
         })
     }
 }

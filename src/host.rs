@@ -5,19 +5,26 @@
 //! which unwrap: a client-controlled value must never be able to panic the VM.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use serde_json::Value;
 
+use crate::cache::TokenCache;
 use crate::claims::{self, Call};
 use crate::config::{Config, KeySource, SIGNING_KEY_ENV};
-use crate::identity::RequestFacts;
+use crate::identity::{PropertyUnavailable, RequestFacts, Source};
 use crate::keys::RsaSigner;
 use crate::refusal::Refusal;
-use crate::request::{self, BodyPlan, HeadDecision, LocalResponse, RequestHead};
+use crate::request::{
+    self, BodyPlan, HeadDecision, LocalResponse, RequestHead, RouteSettings, SignRequest,
+    ROUTE_METADATA_NAMESPACE,
+};
+use crate::well_known::Endpoint;
 
 /// Shared-data key under which the first worker publishes an auto-generated key (PKCS#8 DER) for the others.
 const SHARED_KEY_NAME: &str = "mcp_jwt_signer/generated_rsa_key/v1";
@@ -70,10 +77,59 @@ impl KeyStore {
     }
 }
 
-/// Configuration and key of one plugin instance, shared by its HTTP contexts.
+/// Configuration, key, token cache and metrics of one plugin instance in one worker VM, shared by its HTTP
+/// contexts.
 struct Filter {
     config: Config,
     keys: KeyStore,
+    cache: RefCell<TokenCache>,
+    metrics: Metrics,
+}
+
+/// Counters and histograms visible in Envoy's `/stats` (Envoy prefixes them with `wasmcustom.`).
+struct Metrics {
+    tokens_minted: Option<u32>,
+    cache_hits: Option<u32>,
+    discovery_served: Option<u32>,
+    jwks_served: Option<u32>,
+    sign_duration_us: Option<u32>,
+    /// One counter per refusal reason, defined on first use.
+    refused: RefCell<HashMap<&'static str, Option<u32>>>,
+}
+
+impl Metrics {
+    fn define() -> Metrics {
+        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
+        Metrics {
+            tokens_minted: counter("mcp_jwt_signer.tokens_minted"),
+            cache_hits: counter("mcp_jwt_signer.token_cache_hits"),
+            discovery_served: counter("mcp_jwt_signer.discovery_served"),
+            jwks_served: counter("mcp_jwt_signer.jwks_served"),
+            sign_duration_us: hostcalls::define_metric(
+                MetricType::Histogram,
+                "mcp_jwt_signer.sign_duration_us",
+            )
+            .ok(),
+            refused: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn increment(id: Option<u32>) {
+        if let Some(id) = id {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    fn refused(&self, reason: &'static str) {
+        let id = *self.refused.borrow_mut().entry(reason).or_insert_with(|| {
+            hostcalls::define_metric(
+                MetricType::Counter,
+                &format!("mcp_jwt_signer.refused.{reason}"),
+            )
+            .ok()
+        });
+        Self::increment(id);
+    }
 }
 
 struct PluginRoot {
@@ -110,6 +166,7 @@ impl RootContext for PluginRoot {
             filter,
             plan: None,
             issuer: None,
+            request_id: None,
             finished: false,
         }))
     }
@@ -155,7 +212,13 @@ fn load(bytes: &[u8]) -> Result<Filter, String> {
             store
         }
     };
-    Ok(Filter { config, keys })
+    let cache = RefCell::new(TokenCache::new(config.token_cache));
+    Ok(Filter {
+        config,
+        keys,
+        cache,
+        metrics: Metrics::define(),
+    })
 }
 
 /// Makes sure a generated key is published in shared data. Shared data has no create-if-absent, so: read,
@@ -179,16 +242,48 @@ struct McpRequest {
     /// Set while the body is being buffered.
     plan: Option<BodyPlan>,
     issuer: Option<crate::config::Issuer>,
+    /// The JSON-RPC id of a single-message body, echoed by refusals decided after parsing.
+    request_id: Option<Value>,
     /// A token was set or a local reply sent: nothing more to do.
     finished: bool,
 }
 
-struct HostHeaders;
+/// Request facts read from Envoy on demand.
+struct HostFacts;
 
-impl RequestFacts for HostHeaders {
+impl RequestFacts for HostFacts {
     fn header(&self, name: &str) -> Option<Vec<u8>> {
         request_header(name)
     }
+
+    fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, PropertyUnavailable> {
+        // Not the SDK's `get_property`, which unwraps: a `null` claim makes Envoy answer SerializationFailure.
+        hostcalls::get_property(path.to_vec()).map_err(|_| PropertyUnavailable)
+    }
+}
+
+fn route_settings() -> Result<RouteSettings, Refusal> {
+    let read = |key: &str| {
+        hostcalls::get_property(vec![
+            "xds",
+            "route_metadata",
+            "filter_metadata",
+            ROUTE_METADATA_NAMESPACE,
+            key,
+        ])
+        .map_err(|_| Refusal::BadRouteMetadata("route metadata could not be read"))
+    };
+    let audience = read("audience")?;
+    let allowed_tools = read("allowed_tools")?;
+    RouteSettings::from_properties(audience.as_deref(), allowed_tools.as_deref())
+}
+
+fn now_micros() -> Option<u128> {
+    hostcalls::get_current_time()
+        .ok()?
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_micros())
 }
 
 fn request_header(name: &str) -> Option<Vec<u8>> {
@@ -214,11 +309,28 @@ impl McpRequest {
     }
 
     fn refuse(&mut self, refusal: Refusal) -> Action {
-        log::info!("{refusal}");
-        self.respond(LocalResponse::refusal(&refusal))
+        let id = refusal
+            .id()
+            .or(self.request_id.as_ref())
+            .map(Value::to_string);
+        let id: String = id
+            .unwrap_or_else(|| "null".into())
+            .chars()
+            .take(80)
+            .collect();
+        log::info!(
+            "refused reason={} status={} jsonrpc_id={} detail={:?}",
+            refusal.reason(),
+            refusal.status(),
+            id,
+            refusal.message()
+        );
+        self.filter.metrics.refused(refusal.reason());
+        let response = LocalResponse::refusal(&refusal, self.request_id.as_ref());
+        self.respond(response)
     }
 
-    /// Mints the token and puts it on the request, or refuses.
+    /// Mints (or reuses) the token and puts it on the request, or refuses.
     fn sign(&mut self, call: &Call) -> Action {
         let Some(issuer) = self.issuer.clone() else {
             return self.refuse(Refusal::Internal("issuer not resolved"));
@@ -226,38 +338,57 @@ impl McpRequest {
         let Some(signer) = self.filter.keys.signer() else {
             return self.refuse(Refusal::KeyUnavailable);
         };
-        let now = match hostcalls::get_current_time().map(|t| t.duration_since(UNIX_EPOCH)) {
-            Ok(Ok(d)) => d.as_secs(),
-            _ => return self.refuse(Refusal::Internal("clock unavailable")),
+        let Some(started_us) = now_micros() else {
+            return self.refuse(Refusal::Internal("clock unavailable"));
         };
-        let Ok(jti) = claims::new_jti() else {
-            return self.refuse(Refusal::Internal("random source unavailable"));
+        let route = match route_settings() {
+            Ok(route) => route,
+            Err(refusal) => return self.refuse(refusal),
         };
-        match request::mint(
-            &self.filter.config,
-            &signer,
-            &issuer,
-            &HostHeaders,
+        let filter = self.filter.clone();
+        let sign_request = SignRequest {
+            config: &filter.config,
+            issuer: &issuer,
             call,
-            now,
-            jti,
-        ) {
-            Ok(token) => {
-                let value = format!("Bearer {token}");
-                if hostcalls::set_map_value(
-                    MapType::HttpRequestHeaders,
-                    "authorization",
-                    Some(&value),
-                )
-                .is_err()
-                {
-                    return self.refuse(Refusal::Internal("cannot set the authorization header"));
-                }
-                self.finished = true;
-                Action::Continue
+            route: &route,
+            facts: &HostFacts,
+        };
+        let now = (started_us / 1_000_000) as u64;
+        let token = {
+            let mut cache = filter.cache.borrow_mut();
+            request::token_for(&sign_request, &mut cache, &signer, now, || {
+                claims::new_jti().ok()
+            })
+        };
+        let token = match token {
+            Ok(token) => token,
+            Err(refusal) => return self.refuse(refusal),
+        };
+        if token.from_cache {
+            Metrics::increment(filter.metrics.cache_hits);
+        } else {
+            Metrics::increment(filter.metrics.tokens_minted);
+            if let (Some(id), Some(done_us)) = (filter.metrics.sign_duration_us, now_micros()) {
+                let _ = hostcalls::record_metric(id, done_us.saturating_sub(started_us) as u64);
             }
-            Err(refusal) => self.refuse(refusal),
         }
+        if filter.config.strip_identity_headers {
+            for source in filter.config.identity.all() {
+                if let Source::Header(name) = source {
+                    if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).is_err() {
+                        return self.refuse(Refusal::Internal("cannot remove an identity header"));
+                    }
+                }
+            }
+        }
+        let value = format!("Bearer {}", token.jwt);
+        if hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", Some(&value))
+            .is_err()
+        {
+            return self.refuse(Refusal::Internal("cannot set the authorization header"));
+        }
+        self.finished = true;
+        Action::Continue
     }
 }
 
@@ -306,6 +437,10 @@ impl HttpContext for McpRequest {
                     &[signer.jwk()],
                     self.filter.keys.is_ephemeral(),
                 );
+                Metrics::increment(match endpoint {
+                    Endpoint::Discovery => self.filter.metrics.discovery_served,
+                    Endpoint::Jwks => self.filter.metrics.jwks_served,
+                });
                 self.respond(response)
             }
             HeadDecision::Refuse(refusal) => self.refuse(refusal),
@@ -337,7 +472,12 @@ impl HttpContext for McpRequest {
             Err(_) => return self.refuse(Refusal::Internal("cannot read the request body")),
         };
         match request::on_body(&plan, &body, max) {
-            Ok(call) => self.sign(&call),
+            Ok(call) => {
+                if let Call::Messages(messages) = &call {
+                    self.request_id = messages.id.clone();
+                }
+                self.sign(&call)
+            }
             Err(refusal) => self.refuse(refusal),
         }
     }

@@ -11,12 +11,14 @@
 )]
 
 pub mod b64;
+pub mod cache;
 pub mod claims;
 pub mod config;
 pub mod identity;
 pub mod jwt;
 pub mod keys;
 pub mod mcp;
+pub mod property;
 pub mod refusal;
 pub mod request;
 pub mod strict_json;

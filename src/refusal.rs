@@ -27,6 +27,14 @@ pub enum Refusal {
     Identity(IdentityError),
     /// No issuer is configured and the request's `:authority` cannot be one.
     BadAuthority,
+    /// `require_subject` is on and no identity source named a user.
+    Unauthenticated,
+    /// A claim listed in `required_claims` is missing from the verified identity.
+    MissingClaim(String),
+    /// The matched route's `allowed_tools` does not list this tool.
+    ToolNotAllowed(String),
+    /// The matched route's metadata for this filter is malformed (an operator error).
+    BadRouteMetadata(&'static str),
     /// The signing key is not available (generation failed or still running).
     KeyUnavailable,
     /// Signing failed.
@@ -38,6 +46,9 @@ impl Refusal {
         match self {
             Refusal::Body(_) | Refusal::UnexpectedBody | Refusal::UnexpectedTrailers => 400,
             Refusal::Identity(_) | Refusal::BadAuthority => 400,
+            Refusal::Unauthenticated => 401,
+            Refusal::MissingClaim(_) | Refusal::ToolNotAllowed(_) => 403,
+            Refusal::BadRouteMetadata(_) => 500,
             Refusal::BodyTooLarge { .. } => 413,
             Refusal::UnsupportedEncoding => 415,
             Refusal::MethodNotAllowed { .. } => 405,
@@ -51,7 +62,9 @@ impl Refusal {
         match self {
             Refusal::Body(McpError::Parse(_)) => -32700,
             Refusal::Body(McpError::InvalidParams { .. }) => -32602,
-            Refusal::KeyUnavailable | Refusal::Internal(_) => -32603,
+            Refusal::Unauthenticated => -32001,
+            Refusal::MissingClaim(_) | Refusal::ToolNotAllowed(_) => -32003,
+            Refusal::KeyUnavailable | Refusal::Internal(_) | Refusal::BadRouteMetadata(_) => -32603,
             _ => -32600,
         }
     }
@@ -69,6 +82,10 @@ impl Refusal {
             Refusal::UnexpectedTrailers => "unexpected_trailers",
             Refusal::Identity(_) => "invalid_identity",
             Refusal::BadAuthority => "invalid_authority",
+            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::MissingClaim(_) => "missing_required_claim",
+            Refusal::ToolNotAllowed(_) => "tool_not_allowed",
+            Refusal::BadRouteMetadata(_) => "bad_route_metadata",
             Refusal::KeyUnavailable => "key_unavailable",
             Refusal::Internal(_) => "internal_error",
         }
@@ -98,6 +115,16 @@ impl Refusal {
             Refusal::UnexpectedTrailers => "request trailers are not supported".into(),
             Refusal::Identity(e) => format!("invalid identity: {e}"),
             Refusal::BadAuthority => "the request's :authority is not a valid host".into(),
+            Refusal::Unauthenticated => {
+                "authentication required: no user identity for this request".into()
+            }
+            Refusal::MissingClaim(claim) => {
+                format!("forbidden: required claim `{claim}` is missing")
+            }
+            Refusal::ToolNotAllowed(tool) => {
+                format!("forbidden: tool `{tool}` is not allowed on this route")
+            }
+            Refusal::BadRouteMetadata(what) => format!("gateway misconfiguration: {what}"),
             Refusal::KeyUnavailable => "the signing key is not available yet; retry".into(),
             Refusal::Internal(what) => format!("internal error: {what}"),
         }
@@ -105,9 +132,15 @@ impl Refusal {
 
     /// The response body: a JSON-RPC error object.
     pub fn body(&self) -> Vec<u8> {
+        self.body_for(None)
+    }
+
+    /// The response body answering the request with `request_id` (for refusals decided after parsing: the
+    /// body's own id when the refusal has none).
+    pub fn body_for(&self, request_id: Option<&Value>) -> Vec<u8> {
         json!({
             "jsonrpc": "2.0",
-            "id": self.id().cloned().unwrap_or(Value::Null),
+            "id": self.id().or(request_id).cloned().unwrap_or(Value::Null),
             "error": {"code": self.code(), "message": self.message()},
         })
         .to_string()
@@ -119,6 +152,7 @@ impl Refusal {
         match self {
             Refusal::MethodNotAllowed { allow } => vec![("allow", allow.to_string())],
             Refusal::KeyUnavailable => vec![("retry-after", "1".to_string())],
+            Refusal::Unauthenticated => vec![("www-authenticate", "Bearer".to_string())],
             _ => Vec::new(),
         }
     }

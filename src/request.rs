@@ -1,12 +1,16 @@
 //! The filter's decisions for one request, as pure functions of what the host read. `host` only reads values,
 //! calls these, and carries out the answer.
 
-use crate::claims::{self, Call, ClaimInputs};
+use std::collections::BTreeSet;
+
+use crate::cache::{Lookup, TokenCache};
+use crate::claims::{self, Call, ClaimInputs, TimelessClaims};
 use crate::config::{Config, Issuer};
-use crate::identity::RequestFacts;
+use crate::identity::{RequestFacts, Resolver, Source};
 use crate::jwt;
 use crate::keys::{Jwk, RsaSigner};
 use crate::mcp;
+use crate::property;
 use crate::refusal::Refusal;
 use crate::well_known::{self, Endpoint};
 
@@ -143,13 +147,14 @@ pub struct LocalResponse {
 }
 
 impl LocalResponse {
-    pub fn refusal(refusal: &Refusal) -> LocalResponse {
+    /// A refusal's reply; `request_id` is the JSON-RPC id of the refused message when the body was parsed.
+    pub fn refusal(refusal: &Refusal, request_id: Option<&serde_json::Value>) -> LocalResponse {
         let mut headers = vec![("content-type", "application/json".to_string())];
         headers.extend(refusal.headers());
         LocalResponse {
             status: refusal.status(),
             headers,
-            body: refusal.body(),
+            body: refusal.body_for(request_id),
         }
     }
 
@@ -180,28 +185,167 @@ impl LocalResponse {
     }
 }
 
-/// Mints the token for one request.
-pub fn mint(
-    config: &Config,
+/// Per-route settings from the matched route's metadata, namespace [`ROUTE_METADATA_NAMESPACE`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteSettings {
+    /// `aud` for this route's MCP server (its canonical URI, RFC 8707), instead of the plugin's `audience`.
+    pub audience: Option<String>,
+    /// Tools this route may call; `None`: no restriction.
+    pub allowed_tools: Option<BTreeSet<String>>,
+}
+
+/// Route metadata namespace: `metadata: {filter_metadata: {mcp_jwt_signer: {audience: ..., allowed_tools: [...]}}}`.
+pub const ROUTE_METADATA_NAMESPACE: &str = "mcp_jwt_signer";
+
+impl RouteSettings {
+    /// Decodes the two attribute values Envoy returned (`None`: not set on the route).
+    pub fn from_properties(
+        audience: Option<&[u8]>,
+        allowed_tools: Option<&[u8]>,
+    ) -> Result<RouteSettings, Refusal> {
+        let audience = match audience {
+            None | Some([]) => None,
+            Some(raw) => match property::decode(raw) {
+                Some(serde_json::Value::String(aud)) if !aud.chars().any(char::is_control) => {
+                    Some(aud)
+                }
+                _ => {
+                    return Err(Refusal::BadRouteMetadata(
+                        "route metadata `audience` must be a string",
+                    ))
+                }
+            },
+        };
+        let allowed_tools = match allowed_tools {
+            None | Some([]) => None,
+            // An empty list: Envoy's pairs encoding with a zero count. Allow nothing.
+            Some([0, 0, 0, 0]) => Some(BTreeSet::new()),
+            Some(raw) => {
+                let tools = match property::decode(raw) {
+                    Some(serde_json::Value::Array(items)) => items,
+                    // A one-element list and a string are told apart by shape; accept a single name too.
+                    Some(serde_json::Value::String(one)) => vec![serde_json::Value::String(one)],
+                    _ => {
+                        return Err(Refusal::BadRouteMetadata(
+                            "route metadata `allowed_tools` must be a list",
+                        ))
+                    }
+                };
+                let names: Option<BTreeSet<String>> = tools
+                    .into_iter()
+                    .map(|t| {
+                        t.as_str()
+                            .filter(|n| mcp::is_valid_tool_name(n))
+                            .map(str::to_string)
+                    })
+                    .collect();
+                Some(names.ok_or(Refusal::BadRouteMetadata(
+                    "route metadata `allowed_tools` must list valid tool names",
+                ))?)
+            }
+        };
+        Ok(RouteSettings {
+            audience,
+            allowed_tools,
+        })
+    }
+}
+
+/// Everything that decides one request's token.
+pub struct SignRequest<'a> {
+    pub config: &'a Config,
+    pub issuer: &'a Issuer,
+    pub call: &'a Call,
+    pub route: &'a RouteSettings,
+    pub facts: &'a dyn RequestFacts,
+}
+
+/// Authorisation (route allow-list, `require_subject`, `required_claims`) and the claims, without crypto.
+pub fn authorize(req: &SignRequest<'_>) -> Result<TimelessClaims, Refusal> {
+    let config = req.config;
+    if let Some(allowed) = &req.route.allowed_tools {
+        if let Some(tool) = req.call.tools().find(|t| !allowed.contains(*t)) {
+            return Err(Refusal::ToolNotAllowed(tool.clone()));
+        }
+    }
+    let resolver = Resolver {
+        facts: req.facts,
+        jwt_payload: &config.jwt_payload_in_metadata,
+    };
+    let identity = resolver
+        .identity(&config.identity)
+        .map_err(Refusal::Identity)?;
+    if config.require_subject && identity.subject.is_none() {
+        return Err(Refusal::Unauthenticated);
+    }
+    for claim in &config.required_claims {
+        if resolver.value(claim).map_err(Refusal::Identity)?.is_none() {
+            let Source::Jwt(path) = claim else { continue };
+            return Err(Refusal::MissingClaim(path.join("/")));
+        }
+    }
+    let mut copied = Vec::with_capacity(config.claims.copy.len());
+    for (name, source) in &config.claims.copy {
+        if let Some(value) = resolver.value(source).map_err(Refusal::Identity)? {
+            copied.push((name.clone(), value));
+        }
+    }
+    Ok(TimelessClaims::build(
+        ClaimInputs {
+            issuer: &req.issuer.url,
+            audience: req.route.audience.as_deref().unwrap_or(&config.audience),
+            default_actor: &config.actor,
+            identity: &identity,
+            scope: claims::scope(req.call),
+            copied,
+        },
+        &config.claims,
+    ))
+}
+
+/// A token for the request: from the cache when one with the same claims has enough life left, else signed now.
+pub struct Token {
+    pub jwt: String,
+    pub from_cache: bool,
+}
+
+pub fn token_for(
+    req: &SignRequest<'_>,
+    cache: &mut TokenCache,
     signer: &RsaSigner,
-    issuer: &Issuer,
-    facts: &dyn RequestFacts,
-    call: &Call,
     now: u64,
-    jti: String,
-) -> Result<String, Refusal> {
-    let identity = config.identity.resolve(facts).map_err(Refusal::Identity)?;
-    let claims = claims::build(ClaimInputs {
-        issuer: &issuer.url,
-        audience: &config.audience,
-        default_actor: &config.actor,
-        identity: &identity,
-        scope: claims::scope(call),
-        now,
-        ttl_seconds: config.ttl_seconds,
-        jti,
-    });
-    jwt::encode_rs256(&claims, signer).map_err(|_| Refusal::Internal("signing failed"))
+    new_jti: impl FnOnce() -> Option<String>,
+) -> Result<Token, Refusal> {
+    let timeless = authorize(req)?;
+    // The key includes the signing key's id: after a key change no token of the old key is served.
+    let key = if cache.enabled() {
+        format!("{}|{}", signer.kid(), timeless.cache_key())
+    } else {
+        String::new()
+    };
+    if cache.enabled() {
+        if let Lookup::Hit(jwt) = cache.get(&key, now) {
+            return Ok(Token {
+                jwt,
+                from_cache: true,
+            });
+        }
+    }
+    let jti = new_jti().ok_or(Refusal::Internal("random source unavailable"))?;
+    let claims = timeless.stamp(now, req.config.ttl_seconds, jti, &req.config.claims);
+    let exp = claims
+        .get("exp")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(now);
+    let jwt =
+        jwt::encode_rs256(&claims, signer).map_err(|_| Refusal::Internal("signing failed"))?;
+    if cache.enabled() {
+        cache.insert(key, jwt.clone(), exp);
+    }
+    Ok(Token {
+        jwt,
+        from_cache: false,
+    })
 }
 
 #[cfg(test)]
@@ -333,5 +477,215 @@ mod tests {
             issuer_for(&cfg, b"http", b"other").unwrap().url,
             "https://gw/x"
         );
+    }
+
+    mod signing {
+        use super::super::*;
+        use crate::config::TokenCacheConfig;
+        use crate::identity::tests::Facts;
+        use serde_json::{json, Value};
+        use std::sync::OnceLock;
+
+        fn signer() -> &'static RsaSigner {
+            static SIGNER: OnceLock<RsaSigner> = OnceLock::new();
+            SIGNER.get_or_init(|| RsaSigner::generate().unwrap())
+        }
+
+        fn call(body: &str) -> Call {
+            Call::Messages(mcp::parse_body(body.as_bytes()).unwrap())
+        }
+
+        fn tools_call(tool: &str) -> Call {
+            call(
+                &json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":tool}})
+                    .to_string(),
+            )
+        }
+
+        fn claims_of(jwt: &str) -> Value {
+            let payload = jwt.split('.').nth(1).unwrap();
+            use base64::Engine;
+            serde_json::from_slice(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(payload)
+                    .unwrap(),
+            )
+            .unwrap()
+        }
+
+        struct Setup {
+            config: Config,
+            issuer: Issuer,
+            route: RouteSettings,
+        }
+
+        impl Setup {
+            fn new(config: &str) -> Setup {
+                Setup {
+                    config: Config::parse(config.as_bytes()).unwrap(),
+                    issuer: Issuer::parse("https://gw.example.com").unwrap(),
+                    route: RouteSettings::default(),
+                }
+            }
+
+            fn authorize(&self, call: &Call, facts: &Facts) -> Result<TimelessClaims, Refusal> {
+                authorize(&SignRequest {
+                    config: &self.config,
+                    issuer: &self.issuer,
+                    call,
+                    route: &self.route,
+                    facts,
+                })
+            }
+
+            fn token(&self, cache: &mut TokenCache, call: &Call, facts: &Facts, now: u64) -> Token {
+                let req = SignRequest {
+                    config: &self.config,
+                    issuer: &self.issuer,
+                    call,
+                    route: &self.route,
+                    facts,
+                };
+                token_for(&req, cache, signer(), now, || claims::new_jti().ok()).unwrap()
+            }
+        }
+
+        #[test]
+        fn verified_jwt_identity_wins_over_spoofed_headers() {
+            let s = Setup::new(
+                r#"{"identity":{"subject":["jwt:sub","header:x-user-id"],"actor":["jwt:team"]},
+                    "copy_claims":{"groups":"jwt:groups"}}"#,
+            );
+            let groups = [
+                2u32.to_le_bytes(),
+                1u32.to_le_bytes(),
+                0u32.to_le_bytes(),
+                1u32.to_le_bytes(),
+                0u32.to_le_bytes(),
+            ]
+            .concat();
+            let facts = Facts::default()
+                .jwt_claim("sub", b"user-7")
+                .jwt_claim("team", b"blue")
+                .jwt_claim("groups", &[groups, b"a\0\0b\0\0".to_vec()].concat())
+                .header("x-user-id", b"admin");
+            let c = s.authorize(&tools_call("t"), &facts).unwrap().0;
+            assert_eq!(c["sub"], "user-7");
+            assert_eq!(c["act"]["sub"], "blue");
+            assert_eq!(c["groups"], json!(["a", "b"]));
+        }
+
+        #[test]
+        fn require_subject_and_required_claims() {
+            let s = Setup::new(
+                r#"{"identity":{"subject":["jwt:sub"]},"require_subject":true,"required_claims":["email"]}"#,
+            );
+            assert_eq!(
+                s.authorize(&tools_call("t"), &Facts::default())
+                    .unwrap_err(),
+                Refusal::Unauthenticated
+            );
+            let facts = Facts::default().jwt_claim("sub", b"u");
+            assert_eq!(
+                s.authorize(&tools_call("t"), &facts).unwrap_err(),
+                Refusal::MissingClaim("email".into())
+            );
+            let facts = facts.jwt_claim("email", b"u@x");
+            assert!(s.authorize(&tools_call("t"), &facts).is_ok());
+        }
+
+        #[test]
+        fn route_audience_and_allow_list() {
+            let mut s = Setup::new("{}");
+            s.route = RouteSettings::from_properties(
+                Some(b"https://weather.example.com/mcp"),
+                Some(b"get_weather"),
+            )
+            .unwrap();
+            let c = s
+                .authorize(&tools_call("get_weather"), &Facts::default())
+                .unwrap()
+                .0;
+            assert_eq!(c["aud"], "https://weather.example.com/mcp");
+            assert_eq!(
+                s.authorize(&tools_call("delete_all"), &Facts::default())
+                    .unwrap_err(),
+                Refusal::ToolNotAllowed("delete_all".into())
+            );
+            // Methods other than tools/call are not restricted by the tool allow-list.
+            assert!(s
+                .authorize(
+                    &call(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
+                    &Facts::default()
+                )
+                .is_ok());
+        }
+
+        #[test]
+        fn route_settings_decoding() {
+            let list = [
+                2u32.to_le_bytes(),
+                1u32.to_le_bytes(),
+                0u32.to_le_bytes(),
+                1u32.to_le_bytes(),
+                0u32.to_le_bytes(),
+            ]
+            .concat();
+            let list = [list, b"a\0\0b\0\0".to_vec()].concat();
+            let r = RouteSettings::from_properties(None, Some(&list)).unwrap();
+            assert_eq!(r.allowed_tools.unwrap().len(), 2);
+            assert_eq!(
+                RouteSettings::from_properties(None, Some(&[0, 0, 0, 0]))
+                    .unwrap()
+                    .allowed_tools,
+                Some(BTreeSet::new())
+            );
+            assert_eq!(
+                RouteSettings::from_properties(None, None).unwrap(),
+                RouteSettings::default()
+            );
+            assert!(RouteSettings::from_properties(None, Some(b"a b")).is_err());
+            assert!(RouteSettings::from_properties(Some(&1.0f64.to_le_bytes()), None).is_err());
+        }
+
+        #[test]
+        fn cache_reuses_identical_claims_only() {
+            let s = Setup::new(r#"{"identity":{"subject":["header:x-user-id"]}}"#);
+            let mut cache = TokenCache::new(s.config.token_cache);
+            let alice = Facts::default().header("x-user-id", b"alice");
+            let bob = Facts::default().header("x-user-id", b"bob");
+            let first = s.token(&mut cache, &tools_call("a"), &alice, 1000);
+            assert!(!first.from_cache);
+            let again = s.token(&mut cache, &tools_call("a"), &alice, 1100);
+            assert!(again.from_cache);
+            assert_eq!(again.jwt, first.jwt);
+            assert!(
+                !s.token(&mut cache, &tools_call("b"), &alice, 1100)
+                    .from_cache
+            );
+            assert!(!s.token(&mut cache, &tools_call("a"), &bob, 1100).from_cache);
+            // Default reuse window: half of ttl_seconds (300): past iat + 150 a fresh token is minted.
+            let later = s.token(&mut cache, &tools_call("a"), &alice, 1151);
+            assert!(!later.from_cache);
+            assert_eq!(claims_of(&later.jwt)["iat"], 1151);
+        }
+
+        #[test]
+        fn cache_off_gives_a_fresh_jti_per_request() {
+            let s = Setup::new(r#"{"token_cache":{"max_entries":0}}"#);
+            let mut cache = TokenCache::new(s.config.token_cache);
+            let a = s.token(&mut cache, &tools_call("a"), &Facts::default(), 1000);
+            let b = s.token(&mut cache, &tools_call("a"), &Facts::default(), 1000);
+            assert!(!a.from_cache && !b.from_cache);
+            assert_ne!(claims_of(&a.jwt)["jti"], claims_of(&b.jwt)["jti"]);
+            assert_eq!(
+                s.config.token_cache,
+                TokenCacheConfig {
+                    max_entries: 0,
+                    max_bytes: 4 << 20,
+                    min_remaining_seconds: 150
+                }
+            );
+        }
     }
 }
