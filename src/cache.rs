@@ -62,10 +62,7 @@ impl TokenCache {
     pub fn get(&mut self, key: &str, now: u64) -> Lookup {
         let fresh = match self.entries.get(key) {
             None => return Lookup::Miss,
-            Some(entry) => {
-                entry.exp.saturating_sub(now) >= self.config.min_remaining_seconds
-                    && entry.exp > now
-            }
+            Some(entry) => entry.exp.saturating_sub(now) >= self.config.min_remaining_seconds && entry.exp > now,
         };
         if !fresh {
             self.remove(key);
@@ -91,9 +88,7 @@ impl TokenCache {
             return;
         }
         self.remove(&key);
-        while self.entries.len() >= self.config.max_entries
-            || self.bytes + size > self.config.max_bytes
-        {
+        while self.entries.len() >= self.config.max_entries || self.bytes + size > self.config.max_bytes {
             let Some((_, oldest)) = self.recency.pop_first() else {
                 break;
             };

@@ -45,11 +45,7 @@ pub fn scope(call: &Call) -> String {
         Call::Stream => STREAM_SCOPE.to_string(),
         Call::SessionDelete => SESSION_DELETE_SCOPE.to_string(),
         Call::Messages(m) => {
-            let mut scopes: BTreeSet<String> = m
-                .methods
-                .iter()
-                .map(|method| format!("mcp:{method}"))
-                .collect();
+            let mut scopes: BTreeSet<String> = m.methods.iter().map(|method| format!("mcp:{method}")).collect();
             scopes.extend(m.tools.iter().map(|tool| format!("mcp:tools/{tool}:call")));
             if m.has_responses {
                 scopes.insert(RESPONSES_SCOPE.to_string());
@@ -109,13 +105,7 @@ impl TimelessClaims {
     }
 
     /// The final claim set: time and `jti` stamped, then the operator's overrides and removals.
-    pub fn stamp(
-        &self,
-        now: u64,
-        ttl_seconds: u64,
-        jti: String,
-        shaping: &ClaimShaping,
-    ) -> Map<String, Value> {
+    pub fn stamp(&self, now: u64, ttl_seconds: u64, jti: String, shaping: &ClaimShaping) -> Map<String, Value> {
         let mut claims = self.0.clone();
         claims.insert("iat".into(), json!(now));
         claims.insert("nbf".into(), json!(now));
@@ -151,9 +141,7 @@ mod tests {
     #[test]
     fn tools_call_scope_is_least_privilege() {
         assert_eq!(
-            scope_of(
-                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather"}}"#
-            ),
+            scope_of(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather"}}"#),
             "mcp:tools/call mcp:tools/get_weather:call"
         );
         assert_eq!(
@@ -233,10 +221,7 @@ mod tests {
             email: Some("a@x".into()),
             actor: None,
         };
-        let timeless = TimelessClaims::build(
-            inputs(&who, vec![("groups".into(), json!(["admins"]))]),
-            &cfg.claims,
-        );
+        let timeless = TimelessClaims::build(inputs(&who, vec![("groups".into(), json!(["admins"]))]), &cfg.claims);
         let c = timeless.stamp(5, 10, "j".into(), &cfg.claims);
         assert_eq!(c["groups"], json!(["admins"]));
         assert_eq!(c["tenant"], "acme");
@@ -258,14 +243,8 @@ mod tests {
         };
         let shaping = ClaimShaping::default();
         let ka = TimelessClaims::build(inputs(&a, vec![]), &shaping).cache_key();
-        assert_eq!(
-            ka,
-            TimelessClaims::build(inputs(&a, vec![]), &shaping).cache_key()
-        );
-        assert_ne!(
-            ka,
-            TimelessClaims::build(inputs(&b, vec![]), &shaping).cache_key()
-        );
+        assert_eq!(ka, TimelessClaims::build(inputs(&a, vec![]), &shaping).cache_key());
+        assert_ne!(ka, TimelessClaims::build(inputs(&b, vec![]), &shaping).cache_key());
         assert_ne!(
             ka,
             TimelessClaims::build(inputs(&a, vec![("g".into(), json!(1))]), &shaping).cache_key()
@@ -278,22 +257,12 @@ mod tests {
             (r#"{"copy_claims":{"sub":"jwt:sub"}}"#, "copy_claims.sub"),
             (r#"{"copy_claims":{"g":"nope"}}"#, "copy_claims.g"),
             (r#"{"add_claims":{"exp":1}}"#, "add_claims.exp"),
-            (
-                r#"{"override_claims":{"scope":"mcp:*"}}"#,
-                "override_claims.scope",
-            ),
-            (
-                r#"{"override_claims":{"exp":"soon"}}"#,
-                "override_claims.exp",
-            ),
+            (r#"{"override_claims":{"scope":"mcp:*"}}"#, "override_claims.scope"),
+            (r#"{"override_claims":{"exp":"soon"}}"#, "override_claims.exp"),
             (r#"{"remove_claims":["iss"]}"#, "remove_claims[0]"),
             (r#"{"remove_claims":["scope"]}"#, "remove_claims[0]"),
         ] {
-            assert_eq!(
-                Config::parse(cfg.as_bytes()).unwrap_err().field,
-                field,
-                "{cfg}"
-            );
+            assert_eq!(Config::parse(cfg.as_bytes()).unwrap_err().field, field, "{cfg}");
         }
     }
 

@@ -11,6 +11,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::identity::{IdentityConfig, IdentitySources, Source};
+use crate::keys::{public_jwk_from_pem, Jwk};
+use crate::signer::Algorithm;
 
 /// Every default of the plugin configuration.
 pub mod defaults {
@@ -35,9 +37,7 @@ pub mod defaults {
 }
 
 /// Claims the filter computes itself; `copy_claims` and `add_claims` may not write them.
-pub const FILTER_CLAIMS: [&str; 10] = [
-    "iss", "aud", "sub", "act", "email", "scope", "iat", "nbf", "exp", "jti",
-];
+pub const FILTER_CLAIMS: [&str; 10] = ["iss", "aud", "sub", "act", "email", "scope", "iat", "nbf", "exp", "jti"];
 /// Claims a verifier needs; `remove_claims` may not remove them.
 pub const ESSENTIAL_CLAIMS: [&str; 6] = ["iss", "aud", "exp", "iat", "jti", "scope"];
 
@@ -61,6 +61,8 @@ struct RawConfig {
     remove_claims: Option<Vec<String>>,
     strip_identity_headers: Option<bool>,
     token_cache: Option<RawTokenCache>,
+    algorithm: Option<String>,
+    additional_public_keys: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +117,10 @@ pub struct Config {
     /// Remove the headers named by `header:` sources before the request goes upstream.
     pub strip_identity_headers: bool,
     pub token_cache: TokenCacheConfig,
+    /// The JWS algorithm tokens are signed with (the key must be of its type).
+    pub algorithm: Algorithm,
+    /// Public keys published in the JWKS beside the signing key (key rotation: the previous or next key).
+    pub additional_public_keys: Vec<Jwk>,
 }
 
 /// A PEM private key held as text; its `Debug` does not print it.
@@ -187,9 +193,9 @@ impl Issuer {
 fn is_valid_authority(authority: &str) -> bool {
     !authority.is_empty()
         && authority.len() <= 255
-        && authority.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
-        })
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'))
 }
 
 /// Why a configuration was refused. The message names the field; it never includes key material.
@@ -229,11 +235,7 @@ impl Config {
             let mut de = serde_json::Deserializer::from_slice(bytes);
             let raw = serde_path_to_error::deserialize(&mut de).map_err(|e| {
                 let path = e.path().to_string();
-                let field = if path == "." {
-                    "(root)".to_string()
-                } else {
-                    path
-                };
+                let field = if path == "." { "(root)".to_string() } else { path };
                 ConfigError::new(field, redact_serde_error(&e.into_inner()))
             })?;
             de.end()
@@ -249,18 +251,11 @@ impl Config {
             None => None,
             Some(s) => Some(Issuer::parse(&s).map_err(|r| ConfigError::new("issuer", r))?),
         };
-        let audience = raw
-            .audience
-            .unwrap_or_else(|| defaults::AUDIENCE.to_string());
+        let audience = raw.audience.unwrap_or_else(|| defaults::AUDIENCE.to_string());
         check_claim_text("audience", &audience)?;
         let ttl_seconds = match raw.ttl_seconds {
             None => defaults::TTL_SECONDS,
-            Some(t) if t <= 0 => {
-                return Err(ConfigError::new(
-                    "ttl_seconds",
-                    "must be a positive number of seconds",
-                ))
-            }
+            Some(t) if t <= 0 => return Err(ConfigError::new("ttl_seconds", "must be a positive number of seconds")),
             Some(t) if t as u64 > defaults::MAX_TTL_SECONDS => {
                 return Err(ConfigError::new(
                     "ttl_seconds",
@@ -276,19 +271,11 @@ impl Config {
         check_claim_text("actor", &actor)?;
         let max_body_bytes = match raw.max_body_bytes {
             None => defaults::MAX_BODY_BYTES,
-            Some(n) if n <= 0 => {
-                return Err(ConfigError::new(
-                    "max_body_bytes",
-                    "must be a positive number of bytes",
-                ))
-            }
+            Some(n) if n <= 0 => return Err(ConfigError::new("max_body_bytes", "must be a positive number of bytes")),
             Some(n) if n as u64 > defaults::MAX_BODY_BYTES_LIMIT as u64 => {
                 return Err(ConfigError::new(
                     "max_body_bytes",
-                    format!(
-                        "{n} exceeds the limit of {} bytes",
-                        defaults::MAX_BODY_BYTES_LIMIT
-                    ),
+                    format!("{n} exceeds the limit of {} bytes", defaults::MAX_BODY_BYTES_LIMIT),
                 ))
             }
             Some(n) => n as usize,
@@ -316,12 +303,23 @@ impl Config {
             .iter()
             .enumerate()
             .map(|(i, claim)| {
-                Source::parse(&format!("jwt:{claim}"))
-                    .map_err(|r| ConfigError::new(format!("required_claims[{i}]"), r))
+                Source::parse(&format!("jwt:{claim}")).map_err(|r| ConfigError::new(format!("required_claims[{i}]"), r))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let token_cache =
-            Self::token_cache(raw.token_cache.take().unwrap_or_default(), ttl_seconds)?;
+        let token_cache = Self::token_cache(raw.token_cache.take().unwrap_or_default(), ttl_seconds)?;
+        let algorithm = match raw.algorithm.take() {
+            None => Algorithm::default(),
+            Some(name) => Algorithm::parse(&name)
+                .ok_or_else(|| ConfigError::new("algorithm", "must be \"RS256\", \"ES256\" or \"EdDSA\""))?,
+        };
+        let mut additional_public_keys = Vec::new();
+        for (i, pem) in raw.additional_public_keys.take().unwrap_or_default().iter().enumerate() {
+            let jwk = public_jwk_from_pem(pem)
+                .map_err(|e| ConfigError::new(format!("additional_public_keys[{i}]"), e.to_string()))?;
+            if !additional_public_keys.iter().any(|k: &Jwk| k.kid == jwk.kid) {
+                additional_public_keys.push(jwk);
+            }
+        }
         Ok(Config {
             issuer,
             audience,
@@ -334,10 +332,10 @@ impl Config {
             require_subject: raw.require_subject.unwrap_or(defaults::REQUIRE_SUBJECT),
             required_claims,
             claims,
-            strip_identity_headers: raw
-                .strip_identity_headers
-                .unwrap_or(defaults::STRIP_IDENTITY_HEADERS),
+            strip_identity_headers: raw.strip_identity_headers.unwrap_or(defaults::STRIP_IDENTITY_HEADERS),
             token_cache,
+            algorithm,
+            additional_public_keys,
         })
     }
 
@@ -389,20 +387,12 @@ impl Config {
             }
             let ok = match name.as_str() {
                 "iss" | "sub" | "jti" => value.is_string(),
-                "aud" => {
-                    value.is_string()
-                        || value
-                            .as_array()
-                            .is_some_and(|a| a.iter().all(Value::is_string))
-                }
+                "aud" => value.is_string() || value.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
                 "iat" | "nbf" | "exp" => value.is_u64(),
                 _ => true,
             };
             if !ok {
-                return Err(ConfigError::new(
-                    field,
-                    "has the wrong type for this registered claim",
-                ));
+                return Err(ConfigError::new(field, "has the wrong type for this registered claim"));
             }
         }
         let remove = raw.remove_claims.clone().unwrap_or_default();
@@ -410,10 +400,7 @@ impl Config {
             let field = format!("remove_claims[{i}]");
             check_name(&field, name)?;
             if ESSENTIAL_CLAIMS.contains(&name.as_str()) {
-                return Err(ConfigError::new(
-                    field,
-                    format!("`{name}` is needed by every verifier"),
-                ));
+                return Err(ConfigError::new(field, format!("`{name}` is needed by every verifier")));
             }
         }
         Ok(ClaimShaping {
@@ -425,21 +412,15 @@ impl Config {
     }
 
     fn token_cache(raw: RawTokenCache, ttl_seconds: u64) -> Result<TokenCacheConfig, ConfigError> {
-        let max_entries = raw
-            .max_entries
-            .unwrap_or(defaults::CACHE_MAX_ENTRIES as u64);
+        let max_entries = raw.max_entries.unwrap_or(defaults::CACHE_MAX_ENTRIES as u64);
         if max_entries > 1_000_000 {
-            return Err(ConfigError::new(
-                "token_cache.max_entries",
-                "at most 1000000",
-            ));
+            return Err(ConfigError::new("token_cache.max_entries", "at most 1000000"));
         }
         let max_bytes = raw.max_bytes.unwrap_or(defaults::CACHE_MAX_BYTES as u64);
         if max_bytes > 1 << 30 {
             return Err(ConfigError::new("token_cache.max_bytes", "at most 1 GiB"));
         }
-        let default_remaining =
-            (ttl_seconds as f64 * defaults::CACHE_MIN_REMAINING_FRACTION).ceil() as u64;
+        let default_remaining = (ttl_seconds as f64 * defaults::CACHE_MIN_REMAINING_FRACTION).ceil() as u64;
         let min_remaining_seconds = raw.min_remaining_seconds.unwrap_or(default_remaining);
         if min_remaining_seconds >= ttl_seconds && max_entries > 0 {
             return Err(ConfigError::new(
@@ -600,10 +581,7 @@ mod tests {
         assert_eq!(e.field, "ttl_seconds");
         let e = parse(r#"{"ttl_seconds":1.5}"#).unwrap_err();
         assert_eq!(e.field, "ttl_seconds");
-        assert_eq!(
-            parse(r#"{"ttl_seconds":86400}"#).unwrap().ttl_seconds,
-            86400
-        );
+        assert_eq!(parse(r#"{"ttl_seconds":86400}"#).unwrap().ttl_seconds, 86400);
     }
 
     #[test]
@@ -623,18 +601,10 @@ mod tests {
 
     #[test]
     fn max_body_bytes_bounds() {
+        assert_eq!(parse(r#"{"max_body_bytes":0}"#).unwrap_err().field, "max_body_bytes");
+        assert_eq!(parse(r#"{"max_body_bytes":-1}"#).unwrap_err().field, "max_body_bytes");
         assert_eq!(
-            parse(r#"{"max_body_bytes":0}"#).unwrap_err().field,
-            "max_body_bytes"
-        );
-        assert_eq!(
-            parse(r#"{"max_body_bytes":-1}"#).unwrap_err().field,
-            "max_body_bytes"
-        );
-        assert_eq!(
-            parse(r#"{"max_body_bytes":1000000000000}"#)
-                .unwrap_err()
-                .field,
+            parse(r#"{"max_body_bytes":1000000000000}"#).unwrap_err().field,
             "max_body_bytes"
         );
     }
@@ -646,11 +616,7 @@ mod tests {
         assert!(!e.to_string().contains("MIIE"), "{e}");
         let e = parse(&format!(r#"{{"ttl_seconds":"{pem}"}}"#)).unwrap_err();
         assert!(!e.to_string().contains("MIIE"), "{e}");
-        assert!(!format!(
-            "{:?}",
-            parse(&format!(r#"{{"signing_key":"{pem}"}}"#)).unwrap()
-        )
-        .contains("MIIE"));
+        assert!(!format!("{:?}", parse(&format!(r#"{{"signing_key":"{pem}"}}"#)).unwrap()).contains("MIIE"));
     }
 
     #[test]
@@ -682,9 +648,17 @@ mod tests {
         assert_eq!(e.field, SIGNING_KEY_ENV);
         assert!(e.reason.contains("cannot read files"));
         let with = parse(r#"{"signing_key":"file:///k.pem"}"#).unwrap();
-        assert_eq!(
-            KeySource::resolve(&with, None).unwrap_err().field,
-            "signing_key"
-        );
+        assert_eq!(KeySource::resolve(&with, None).unwrap_err().field, "signing_key");
+    }
+
+    #[test]
+    fn algorithm_and_additional_keys() {
+        assert_eq!(parse("{}").unwrap().algorithm, Algorithm::Rs256);
+        assert_eq!(parse(r#"{"algorithm":"ES256"}"#).unwrap().algorithm, Algorithm::Es256);
+        assert_eq!(parse(r#"{"algorithm":"EdDSA"}"#).unwrap().algorithm, Algorithm::EdDsa);
+        assert_eq!(parse(r#"{"algorithm":"HS256"}"#).unwrap_err().field, "algorithm");
+        assert_eq!(parse(r#"{"algorithm":"none"}"#).unwrap_err().field, "algorithm");
+        let e = parse(r#"{"additional_public_keys":["x","y"]}"#).unwrap_err();
+        assert_eq!(e.field, "additional_public_keys[0]");
     }
 }

@@ -18,16 +18,19 @@ use crate::cache::TokenCache;
 use crate::claims::{self, Call};
 use crate::config::{Config, KeySource, SIGNING_KEY_ENV};
 use crate::identity::{PropertyUnavailable, RequestFacts, Source};
-use crate::keys::RsaSigner;
 use crate::refusal::Refusal;
 use crate::request::{
-    self, BodyPlan, HeadDecision, LocalResponse, RequestHead, RouteSettings, SignRequest,
-    ROUTE_METADATA_NAMESPACE,
+    self, BodyPlan, HeadDecision, LocalResponse, RequestHead, RouteSettings, SignRequest, ROUTE_METADATA_NAMESPACE,
 };
+use crate::signer::{Algorithm, Signer};
 use crate::well_known::Endpoint;
 
 /// Shared-data key under which the first worker publishes an auto-generated key (PKCS#8 DER) for the others.
-const SHARED_KEY_NAME: &str = "mcp_jwt_signer/generated_rsa_key/v1";
+const SHARED_KEY_PREFIX: &str = "mcp_jwt_signer/generated_key/v1/";
+
+fn shared_key_name(algorithm: Algorithm) -> String {
+    format!("{SHARED_KEY_PREFIX}{algorithm}")
+}
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -37,18 +40,22 @@ proxy_wasm::main! {{
 /// Where the signing key lives.
 enum KeyStore {
     /// Configured (plugin config or environment): fixed for the life of this configuration.
-    Fixed(Rc<RsaSigner>),
+    Fixed(Rc<Signer>),
     /// Auto-generated and shared through Envoy's shared data. The cached copy is re-validated against the
     /// shared value's CAS on use, so a worker that lost a start-up race converges on the published key.
-    Shared(RefCell<Option<(u32, Rc<RsaSigner>)>>),
+    Shared {
+        algorithm: Algorithm,
+        name: String,
+        cache: RefCell<Option<(u32, Rc<Signer>)>>,
+    },
 }
 
 impl KeyStore {
-    fn signer(&self) -> Option<Rc<RsaSigner>> {
+    fn signer(&self) -> Option<Rc<Signer>> {
         match self {
             KeyStore::Fixed(signer) => Some(signer.clone()),
-            KeyStore::Shared(cache) => {
-                let (bytes, cas) = match hostcalls::get_shared_data(SHARED_KEY_NAME) {
+            KeyStore::Shared { algorithm, name, cache } => {
+                let (bytes, cas) = match hostcalls::get_shared_data(name) {
                     Ok((Some(bytes), Some(cas))) => (bytes, cas),
                     _ => return cache.borrow().as_ref().map(|(_, s)| s.clone()),
                 };
@@ -57,7 +64,7 @@ impl KeyStore {
                         return Some(signer.clone());
                     }
                 }
-                match RsaSigner::from_pkcs8_der(&bytes) {
+                match Signer::from_pkcs8_der(*algorithm, &bytes) {
                     Ok(signer) => {
                         let signer = Rc::new(signer);
                         *cache.borrow_mut() = Some((cas, signer.clone()));
@@ -73,7 +80,7 @@ impl KeyStore {
     }
 
     fn is_ephemeral(&self) -> bool {
-        matches!(self, KeyStore::Shared(_))
+        matches!(self, KeyStore::Shared { .. })
     }
 }
 
@@ -105,11 +112,7 @@ impl Metrics {
             cache_hits: counter("mcp_jwt_signer.token_cache_hits"),
             discovery_served: counter("mcp_jwt_signer.discovery_served"),
             jwks_served: counter("mcp_jwt_signer.jwks_served"),
-            sign_duration_us: hostcalls::define_metric(
-                MetricType::Histogram,
-                "mcp_jwt_signer.sign_duration_us",
-            )
-            .ok(),
+            sign_duration_us: hostcalls::define_metric(MetricType::Histogram, "mcp_jwt_signer.sign_duration_us").ok(),
             refused: RefCell::new(HashMap::new()),
         }
     }
@@ -122,11 +125,7 @@ impl Metrics {
 
     fn refused(&self, reason: &'static str) {
         let id = *self.refused.borrow_mut().entry(reason).or_insert_with(|| {
-            hostcalls::define_metric(
-                MetricType::Counter,
-                &format!("mcp_jwt_signer.refused.{reason}"),
-            )
-            .ok()
+            hostcalls::define_metric(MetricType::Counter, &format!("mcp_jwt_signer.refused.{reason}")).ok()
         });
         Self::increment(id);
     }
@@ -183,30 +182,34 @@ fn load(bytes: &[u8]) -> Result<Filter, String> {
     let source = KeySource::resolve(&config, env_value.as_deref()).map_err(|e| e.to_string())?;
     let keys = match source {
         KeySource::Config(pem) => {
-            let signer = RsaSigner::from_pem(&pem.0)
+            let signer = Signer::from_pem(config.algorithm, &pem.0)
                 .map_err(|e| format!("invalid plugin configuration: field `signing_key`: {e}"))?;
             log::info!("signing with the configured key, kid={}", signer.kid());
             KeyStore::Fixed(Rc::new(signer))
         }
         KeySource::Environment(pem) => {
-            let signer = RsaSigner::from_pem(&pem.0).map_err(|e| {
-                format!("invalid signing key in environment variable {SIGNING_KEY_ENV}: {e}")
-            })?;
-            log::info!(
-                "signing with the key from {SIGNING_KEY_ENV}, kid={}",
-                signer.kid()
-            );
+            let signer = Signer::from_pem(config.algorithm, &pem.0)
+                .map_err(|e| format!("invalid signing key in environment variable {SIGNING_KEY_ENV}: {e}"))?;
+            log::info!("signing with the key from {SIGNING_KEY_ENV}, kid={}", signer.kid());
             KeyStore::Fixed(Rc::new(signer))
         }
         KeySource::Generated => {
-            let store = KeyStore::Shared(RefCell::new(None));
-            publish_generated_key()?;
-            let signer = store
-                .signer()
-                .ok_or("the generated signing key could not be shared")?;
+            let name = shared_key_name(config.algorithm);
+            publish_generated_key(config.algorithm, &name)?;
+            let store = KeyStore::Shared {
+                algorithm: config.algorithm,
+                name,
+                cache: RefCell::new(None),
+            };
+            let signer = store.signer().ok_or("the generated signing key could not be shared")?;
             log::warn!(
-                "mcp_jwt_signer: no signing key configured; using an auto-generated RSA-2048 key (kid={}) that is \
-                 lost when Envoy restarts. Set `signing_key` or {SIGNING_KEY_ENV} for stable keys and for replicas.",
+                "no signing key configured; using an auto-generated {} key (kid={}) that is lost when Envoy \
+                 restarts. Set `signing_key` or {SIGNING_KEY_ENV} for stable keys and for replicas.",
+                match config.algorithm {
+                    Algorithm::Rs256 => "RSA-2048",
+                    Algorithm::Es256 => "P-256",
+                    Algorithm::EdDsa => "Ed25519",
+                },
                 signer.kid()
             );
             store
@@ -223,16 +226,16 @@ fn load(bytes: &[u8]) -> Result<Filter, String> {
 
 /// Makes sure a generated key is published in shared data. Shared data has no create-if-absent, so: read,
 /// generate only if absent, read again right before writing, and let every worker use whatever is stored.
-fn publish_generated_key() -> Result<(), String> {
-    if let Ok((Some(_), _)) = hostcalls::get_shared_data(SHARED_KEY_NAME) {
+fn publish_generated_key(algorithm: Algorithm, name: &str) -> Result<(), String> {
+    if let Ok((Some(_), _)) = hostcalls::get_shared_data(name) {
         return Ok(());
     }
-    let signer = RsaSigner::generate().map_err(|e| e.to_string())?;
+    let signer = Signer::generate(algorithm).map_err(|e| e.to_string())?;
     let der = signer.to_pkcs8_der().map_err(|e| e.to_string())?;
-    if let Ok((Some(_), _)) = hostcalls::get_shared_data(SHARED_KEY_NAME) {
+    if let Ok((Some(_), _)) = hostcalls::get_shared_data(name) {
         return Ok(()); // another worker finished first: use its key
     }
-    hostcalls::set_shared_data(SHARED_KEY_NAME, Some(&der), None)
+    hostcalls::set_shared_data(name, Some(&der), None)
         .map_err(|status| format!("cannot publish the generated key in shared data: {status:?}"))
 }
 
@@ -295,29 +298,16 @@ fn request_header(name: &str) -> Option<Vec<u8>> {
 impl McpRequest {
     fn respond(&mut self, response: LocalResponse) -> Action {
         self.finished = true;
-        let headers: Vec<(&str, &str)> = response
-            .headers
-            .iter()
-            .map(|(k, v)| (*k, v.as_str()))
-            .collect();
-        if let Err(status) =
-            hostcalls::send_http_response(response.status, headers, Some(&response.body))
-        {
+        let headers: Vec<(&str, &str)> = response.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        if let Err(status) = hostcalls::send_http_response(response.status, headers, Some(&response.body)) {
             log::error!("cannot send local response: {status:?}");
         }
         Action::Pause
     }
 
     fn refuse(&mut self, refusal: Refusal) -> Action {
-        let id = refusal
-            .id()
-            .or(self.request_id.as_ref())
-            .map(Value::to_string);
-        let id: String = id
-            .unwrap_or_else(|| "null".into())
-            .chars()
-            .take(80)
-            .collect();
+        let id = refusal.id().or(self.request_id.as_ref()).map(Value::to_string);
+        let id: String = id.unwrap_or_else(|| "null".into()).chars().take(80).collect();
         log::info!(
             "refused reason={} status={} jsonrpc_id={} detail={:?}",
             refusal.reason(),
@@ -356,9 +346,7 @@ impl McpRequest {
         let now = (started_us / 1_000_000) as u64;
         let token = {
             let mut cache = filter.cache.borrow_mut();
-            request::token_for(&sign_request, &mut cache, &signer, now, || {
-                claims::new_jti().ok()
-            })
+            request::token_for(&sign_request, &mut cache, &signer, now, || claims::new_jti().ok())
         };
         let token = match token {
             Ok(token) => token,
@@ -382,9 +370,7 @@ impl McpRequest {
             }
         }
         let value = format!("Bearer {}", token.jwt);
-        if hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", Some(&value))
-            .is_err()
-        {
+        if hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", Some(&value)).is_err() {
             return self.refuse(Refusal::Internal("cannot set the authorization header"));
         }
         self.finished = true;
@@ -398,9 +384,7 @@ impl HttpContext for McpRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         // No token passthrough: whatever the client sent is dropped before anything else happens.
         if hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", None).is_err() {
-            return self.refuse(Refusal::Internal(
-                "cannot remove the client's authorization header",
-            ));
+            return self.refuse(Refusal::Internal("cannot remove the client's authorization header"));
         }
         let method = request_header(":method").unwrap_or_default();
         let path = request_header(":path").unwrap_or_default();
@@ -431,12 +415,15 @@ impl HttpContext for McpRequest {
                 let Some(issuer) = self.issuer.as_ref() else {
                     return self.refuse(Refusal::Internal("issuer not resolved"));
                 };
-                let response = LocalResponse::well_known(
-                    endpoint,
-                    issuer,
-                    &[signer.jwk()],
-                    self.filter.keys.is_ephemeral(),
+                let mut keys = vec![signer.jwk()];
+                keys.extend(
+                    self.filter
+                        .config
+                        .additional_public_keys
+                        .iter()
+                        .filter(|k| k.kid != signer.kid()),
                 );
+                let response = LocalResponse::well_known(endpoint, issuer, &keys, self.filter.keys.is_ephemeral());
                 Metrics::increment(match endpoint {
                     Endpoint::Discovery => self.filter.metrics.discovery_served,
                     Endpoint::Jwks => self.filter.metrics.jwks_served,

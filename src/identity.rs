@@ -70,10 +70,7 @@ impl Source {
                 if name.is_empty() || !name.bytes().all(is_header_name_byte) {
                     return Err(format!("`{}` is not a valid HTTP header name", shown(arg)));
                 }
-                if matches!(
-                    name.as_str(),
-                    "authorization" | "proxy-authorization" | "cookie"
-                ) {
+                if matches!(name.as_str(), "authorization" | "proxy-authorization" | "cookie") {
                     return Err(format!(
                         "`{name}` carries credentials, not an identity; it is never forwarded"
                     ));
@@ -91,23 +88,15 @@ impl Source {
                 )),
             },
             "literal" => {
-                if arg.is_empty()
-                    || arg.len() > MAX_IDENTITY_VALUE_BYTES
-                    || arg.chars().any(char::is_control)
-                {
-                    return Err(
-                        "a literal must be 1-1024 characters without control characters".into(),
-                    );
+                if arg.is_empty() || arg.len() > MAX_IDENTITY_VALUE_BYTES || arg.chars().any(char::is_control) {
+                    return Err("a literal must be 1-1024 characters without control characters".into());
                 }
                 Ok(Source::Literal(arg.to_string()))
             }
             "property" => {
                 let segments: Vec<String> = arg.split('/').map(str::to_string).collect();
                 if segments.iter().any(String::is_empty) {
-                    return Err(format!(
-                        "property path `{}` has an empty segment",
-                        shown(arg)
-                    ));
+                    return Err(format!("property path `{}` has an empty segment", shown(arg)));
                 }
                 Ok(Source::Property(segments))
             }
@@ -123,12 +112,7 @@ impl Source {
         match self {
             Source::Header(_) | Source::Literal(_) => None,
             Source::Jwt(claim) => {
-                let mut path = vec![
-                    "metadata",
-                    "filter_metadata",
-                    JWT_AUTHN_NAMESPACE,
-                    jwt_payload,
-                ];
+                let mut path = vec!["metadata", "filter_metadata", JWT_AUTHN_NAMESPACE, jwt_payload];
                 path.extend(claim.iter().map(String::as_str));
                 Some(path)
             }
@@ -172,12 +156,7 @@ fn parse_pointer(arg: &str) -> Result<Vec<String>, String> {
                 match chars.next() {
                     Some('0') => segment.push('~'),
                     Some('1') => segment.push('/'),
-                    _ => {
-                        return Err(format!(
-                            "claim path `{}`: `~` must be followed by 0 or 1",
-                            shown(arg)
-                        ))
-                    }
+                    _ => return Err(format!("claim path `{}`: `~` must be followed by 0 or 1", shown(arg))),
                 }
             } else {
                 segment.push(c);
@@ -211,10 +190,7 @@ impl IdentitySources {
         let parse_list = |field: &str, list: Vec<String>| -> Result<Vec<Source>, ConfigError> {
             list.iter()
                 .enumerate()
-                .map(|(i, s)| {
-                    Source::parse(s)
-                        .map_err(|r| ConfigError::new(format!("identity.{field}[{i}]"), r))
-                })
+                .map(|(i, s)| Source::parse(s).map_err(|r| ConfigError::new(format!("identity.{field}[{i}]"), r)))
                 .collect()
         };
         Ok(IdentitySources {
@@ -362,8 +338,7 @@ pub mod tests {
             self
         }
         pub fn jwt_claim(mut self, claim: &str, value: &[u8]) -> Self {
-            let path =
-                format!("metadata|filter_metadata|{JWT_AUTHN_NAMESPACE}|jwt_payload|{claim}");
+            let path = format!("metadata|filter_metadata|{JWT_AUTHN_NAMESPACE}|jwt_payload|{claim}");
             self.properties.insert(path, value.to_vec());
             self
         }
@@ -424,10 +399,7 @@ pub mod tests {
             .jwt_claim("sub", b"user-1")
             .jwt_claim("email", b"u@x.example")
             .header("x-user-id", b"admin")
-            .property(
-                "connection|uri_san_peer_certificate",
-                b"spiffe://td/ns/a/sa/b",
-            );
+            .property("connection|uri_san_peer_certificate", b"spiffe://td/ns/a/sa/b");
         let id = resolve(&s, &facts).unwrap();
         assert_eq!(id.subject.as_deref(), Some("user-1"));
         assert_eq!(id.email.as_deref(), Some("u@x.example"));
@@ -452,11 +424,7 @@ pub mod tests {
         );
         assert_eq!(
             Source::parse("property:node/metadata/SERVICE_ACCOUNT").unwrap(),
-            Source::Property(vec![
-                "node".into(),
-                "metadata".into(),
-                "SERVICE_ACCOUNT".into()
-            ])
+            Source::Property(vec!["node".into(), "metadata".into(), "SERVICE_ACCOUNT".into()])
         );
     }
 
@@ -478,15 +446,9 @@ pub mod tests {
         for (json, field) in [
             (r#"{"subject":["x-user-id"]}"#, "identity.subject[0]"),
             (r#"{"email":["header:"]}"#, "identity.email[0]"),
-            (
-                r#"{"actor":["header:x","header:a b"]}"#,
-                "identity.actor[1]",
-            ),
+            (r#"{"actor":["header:x","header:a b"]}"#, "identity.actor[1]"),
             (r#"{"subject":["ldap:uid"]}"#, "identity.subject[0]"),
-            (
-                r#"{"subject":["header:authorization"]}"#,
-                "identity.subject[0]",
-            ),
+            (r#"{"subject":["header:authorization"]}"#, "identity.subject[0]"),
             (r#"{"subject":["jwt:"]}"#, "identity.subject[0]"),
             (r#"{"subject":["jwt:a//b"]}"#, "identity.subject[0]"),
             (r#"{"subject":["jwt:a~2"]}"#, "identity.subject[0]"),

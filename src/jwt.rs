@@ -3,7 +3,8 @@
 use serde::Serialize;
 
 use crate::b64;
-use crate::keys::{KeyError, RsaSigner};
+use crate::keys::KeyError;
+use crate::signer::Signer;
 
 #[derive(Serialize)]
 struct Header<'a> {
@@ -27,10 +28,10 @@ impl std::fmt::Display for JwtError {
     }
 }
 
-/// `base64url(header) . base64url(claims) . base64url(RS256 signature)`.
-pub fn encode_rs256(claims: &impl Serialize, signer: &RsaSigner) -> Result<String, JwtError> {
+/// `base64url(header) . base64url(claims) . base64url(signature)`, signed with the signer's algorithm.
+pub fn encode(claims: &impl Serialize, signer: &Signer) -> Result<String, JwtError> {
     let header = Header {
-        alg: "RS256",
+        alg: signer.algorithm().name(),
         typ: "JWT",
         kid: signer.kid(),
     };
@@ -56,17 +57,17 @@ mod tests {
     fn token_verifies_with_jsonwebtoken() {
         let key = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap();
         let pem = key.to_pkcs8_pem(Default::default()).unwrap();
-        let signer = RsaSigner::from_pem(&pem).unwrap();
-        let claims = json!({"iss":"https://gw","aud":"mcp","sub":"alice","exp": 4_000_000_000u64, "scope":"mcp:tools/list"});
-        let token = encode_rs256(&claims, &signer).unwrap();
+        let signer = Signer::Rs256(crate::keys::RsaSigner::from_pem(&pem).unwrap());
+        let claims =
+            json!({"iss":"https://gw","aud":"mcp","sub":"alice","exp": 4_000_000_000u64, "scope":"mcp:tools/list"});
+        let token = encode(&claims, &signer).unwrap();
 
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
         assert_eq!(header.typ.as_deref(), Some("JWT"));
         assert_eq!(header.kid.as_deref(), Some(signer.kid()));
 
-        let jwk: jsonwebtoken::jwk::Jwk =
-            serde_json::from_value(serde_json::to_value(signer.jwk()).unwrap()).unwrap();
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(serde_json::to_value(signer.jwk()).unwrap()).unwrap();
         let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
         validation.set_audience(&["mcp"]);

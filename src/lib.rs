@@ -5,15 +5,13 @@
 //! layer that talks to the proxy-wasm ABI and only links inside a wasm VM.
 
 // A panic inside a wasm VM kills the filter for that worker: filter code may not unwrap, expect or panic.
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod b64;
 pub mod cache;
 pub mod claims;
 pub mod config;
+pub mod ec_keys;
 pub mod identity;
 pub mod jwt;
 pub mod keys;
@@ -21,6 +19,7 @@ pub mod mcp;
 pub mod property;
 pub mod refusal;
 pub mod request;
+pub mod signer;
 pub mod strict_json;
 pub mod well_known;
 

@@ -125,9 +125,7 @@ fn read_message(message: &Value, call: &mut McpCall) -> Result<(), McpError> {
     match obj.get("method") {
         Some(Value::String(method)) => {
             if !is_valid_method(method) {
-                return Err(invalid(
-                    "\"method\" must be 1-128 characters of A-Z a-z 0-9 _ - . /",
-                ));
+                return Err(invalid("\"method\" must be 1-128 characters of A-Z a-z 0-9 _ - . /"));
             }
             if obj.contains_key("result") || obj.contains_key("error") {
                 return Err(invalid("a request must not carry \"result\" or \"error\""));
@@ -212,9 +210,8 @@ mod tests {
 
     #[test]
     fn tools_call_names_method_and_tool() {
-        let c = call(
-            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather","arguments":{}}}"#,
-        );
+        let c =
+            call(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather","arguments":{}}}"#);
         assert_eq!(c.methods, BTreeSet::from(["tools/call".to_string()]));
         assert_eq!(c.tools, BTreeSet::from(["get_weather".to_string()]));
         assert_eq!(c.id, Some(json!(1)));
@@ -236,10 +233,7 @@ mod tests {
                 {"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"b.c"}}]"#,
         );
         assert_eq!(c.methods.len(), 2);
-        assert_eq!(
-            c.tools,
-            BTreeSet::from(["a".to_string(), "b.c".to_string()])
-        );
+        assert_eq!(c.tools, BTreeSet::from(["a".to_string(), "b.c".to_string()]));
         assert_eq!(c.id, None);
     }
 
@@ -300,17 +294,14 @@ mod tests {
             "a/b",
             "mcp:admin",
         ] {
-            let body = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":name}})
-                .to_string();
+            let body = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":name}}).to_string();
             match err(body.as_bytes()) {
                 McpError::InvalidParams { id, .. } => assert_eq!(id, Some(json!(7))),
                 other => panic!("{name:?}: {other:?}"),
             }
         }
         // An escaped space decodes into a space: still refused.
-        let e = err(
-            br#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{"name":"tool\u0020x"}}"#,
-        );
+        let e = err(br#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{"name":"tool\u0020x"}}"#);
         assert!(matches!(e, McpError::InvalidParams { .. }));
         assert_eq!(e.id(), Some(&json!("q")));
         assert!(is_valid_tool_name(&"x".repeat(128)));
@@ -324,10 +315,7 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["get_weather"]}"#,
         ] {
-            assert!(
-                matches!(err(body.as_bytes()), McpError::InvalidParams { .. }),
-                "{body}"
-            );
+            assert!(matches!(err(body.as_bytes()), McpError::InvalidParams { .. }), "{body}");
         }
     }
 

@@ -24,8 +24,7 @@ fn decode_at(bytes: &[u8], depth: usize) -> Option<Value> {
     }
     if let Some(pairs) = decode_pairs(bytes) {
         if !pairs.is_empty() && pairs.iter().all(|(_, v)| v.is_empty()) {
-            let items: Option<Vec<Value>> =
-                pairs.iter().map(|(k, _)| decode_at(k, depth + 1)).collect();
+            let items: Option<Vec<Value>> = pairs.iter().map(|(k, _)| decode_at(k, depth + 1)).collect();
             return items.map(Value::Array);
         }
         let mut map = Map::new();
@@ -78,10 +77,7 @@ fn decode_pairs(bytes: &[u8]) -> Option<Pairs<'_>> {
     let mut sizes = Vec::with_capacity(count);
     for i in 0..count {
         let at = 4 + i * 8;
-        sizes.push((
-            read_u32(bytes, at)? as usize,
-            read_u32(bytes, at + 4)? as usize,
-        ));
+        sizes.push((read_u32(bytes, at)? as usize, read_u32(bytes, at + 4)? as usize));
     }
     let mut pos = 4 + count * 8;
     let mut pairs = Vec::with_capacity(count);
@@ -142,10 +138,7 @@ mod tests {
     fn scalars() {
         assert_eq!(decode(b"alice"), Some(json!("alice")));
         assert_eq!(decode(b"engineer"), Some(json!("engineer"))); // 8 printable bytes stay a string
-        assert_eq!(
-            decode(&1_700_000_000f64.to_le_bytes()),
-            Some(json!(1_700_000_000))
-        );
+        assert_eq!(decode(&1_700_000_000f64.to_le_bytes()), Some(json!(1_700_000_000)));
         assert_eq!(decode(&1.5f64.to_le_bytes()), Some(json!(1.5)));
         assert_eq!(decode(&[1]), Some(json!(true)));
         assert_eq!(decode(&[0]), Some(json!(false)));
@@ -159,10 +152,7 @@ mod tests {
             decode(&pairs(&[(b"admins", b""), (b"devs", b"")])),
             Some(json!(["admins", "devs"]))
         );
-        assert_eq!(
-            decode(&pairs(&[(b"team", b"blue")])),
-            Some(json!({"team": "blue"}))
-        );
+        assert_eq!(decode(&pairs(&[(b"team", b"blue")])), Some(json!({"team": "blue"})));
         let nested = pairs(&[(b"org", &pairs(&[(b"team", b"blue")]))]);
         assert_eq!(decode(&nested), Some(json!({"org": {"team": "blue"}})));
     }

@@ -115,9 +115,7 @@ impl Refusal {
             Refusal::UnexpectedTrailers => "request trailers are not supported".into(),
             Refusal::Identity(e) => format!("invalid identity: {e}"),
             Refusal::BadAuthority => "the request's :authority is not a valid host".into(),
-            Refusal::Unauthenticated => {
-                "authentication required: no user identity for this request".into()
-            }
+            Refusal::Unauthenticated => "authentication required: no user identity for this request".into(),
             Refusal::MissingClaim(claim) => {
                 format!("forbidden: required claim `{claim}` is missing")
             }
@@ -161,10 +159,7 @@ impl Refusal {
 /// One log line per refusal: reason, status, JSON-RPC id, detail. No header values, no tokens, no keys.
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let id = self
-            .id()
-            .map(Value::to_string)
-            .unwrap_or_else(|| "null".into());
+        let id = self.id().map(Value::to_string).unwrap_or_else(|| "null".into());
         let id: String = id.chars().take(80).collect();
         write!(
             f,

@@ -8,10 +8,11 @@ use crate::claims::{self, Call, ClaimInputs, TimelessClaims};
 use crate::config::{Config, Issuer};
 use crate::identity::{RequestFacts, Resolver, Source};
 use crate::jwt;
-use crate::keys::{Jwk, RsaSigner};
+use crate::keys::Jwk;
 use crate::mcp;
 use crate::property;
 use crate::refusal::Refusal;
+use crate::signer::Signer;
 use crate::well_known::{self, Endpoint};
 
 /// The request line and the headers the decision depends on, as raw bytes (clients control them).
@@ -48,11 +49,7 @@ pub enum BodyPlan {
 const ALLOWED_METHODS: &str = "GET, POST, DELETE";
 const WELL_KNOWN_METHODS: &str = "GET, HEAD";
 
-pub fn on_headers(
-    head: &RequestHead<'_>,
-    issuer_path: &str,
-    max_body_bytes: usize,
-) -> HeadDecision {
+pub fn on_headers(head: &RequestHead<'_>, issuer_path: &str, max_body_bytes: usize) -> HeadDecision {
     if let Some(endpoint) = well_known::endpoint(head.path, issuer_path) {
         return match head.method {
             b"GET" | b"HEAD" => HeadDecision::Serve(endpoint),
@@ -65,11 +62,7 @@ pub fn on_headers(
         b"POST" => BodyPlan::JsonRpc,
         b"GET" => BodyPlan::MustBeEmpty(Call::Stream),
         b"DELETE" => BodyPlan::MustBeEmpty(Call::SessionDelete),
-        _ => {
-            return HeadDecision::Refuse(Refusal::MethodNotAllowed {
-                allow: ALLOWED_METHODS,
-            })
-        }
+        _ => return HeadDecision::Refuse(Refusal::MethodNotAllowed { allow: ALLOWED_METHODS }),
     };
     if let Some(encoding) = head.content_encoding {
         if !is_identity_encoding(encoding) {
@@ -79,22 +72,14 @@ pub fn on_headers(
     if let Some(length) = head.content_length {
         match parse_content_length(length) {
             Some(n) if n > max_body_bytes as u64 => {
-                return HeadDecision::Refuse(Refusal::BodyTooLarge {
-                    limit: max_body_bytes,
-                })
+                return HeadDecision::Refuse(Refusal::BodyTooLarge { limit: max_body_bytes })
             }
             Some(_) => {}
-            None => {
-                return HeadDecision::Refuse(Refusal::Body(mcp::McpError::Parse(
-                    "invalid content-length".into(),
-                )))
-            }
+            None => return HeadDecision::Refuse(Refusal::Body(mcp::McpError::Parse("invalid content-length".into()))),
         }
     }
     match (plan, head.end_of_stream) {
-        (BodyPlan::JsonRpc, true) => {
-            HeadDecision::Refuse(Refusal::Body(mcp::McpError::Parse("empty body".into())))
-        }
+        (BodyPlan::JsonRpc, true) => HeadDecision::Refuse(Refusal::Body(mcp::McpError::Parse("empty body".into()))),
         (BodyPlan::MustBeEmpty(call), true) => HeadDecision::Sign(call),
         (plan, false) => HeadDecision::AwaitBody(plan),
     }
@@ -115,14 +100,10 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
 /// The whole body has arrived (`body` is all of it).
 pub fn on_body(plan: &BodyPlan, body: &[u8], max_body_bytes: usize) -> Result<Call, Refusal> {
     if body.len() > max_body_bytes {
-        return Err(Refusal::BodyTooLarge {
-            limit: max_body_bytes,
-        });
+        return Err(Refusal::BodyTooLarge { limit: max_body_bytes });
     }
     match plan {
-        BodyPlan::JsonRpc => mcp::parse_body(body)
-            .map(Call::Messages)
-            .map_err(Refusal::Body),
+        BodyPlan::JsonRpc => mcp::parse_body(body).map(Call::Messages).map_err(Refusal::Body),
         BodyPlan::MustBeEmpty(call) if body.is_empty() => Ok(call.clone()),
         BodyPlan::MustBeEmpty(_) => Err(Refusal::UnexpectedBody),
     }
@@ -158,14 +139,9 @@ impl LocalResponse {
         }
     }
 
-    pub fn well_known(
-        endpoint: Endpoint,
-        issuer: &Issuer,
-        keys: &[&Jwk],
-        ephemeral_key: bool,
-    ) -> LocalResponse {
+    pub fn well_known(endpoint: Endpoint, issuer: &Issuer, keys: &[&Jwk], ephemeral_key: bool) -> LocalResponse {
         let body = match endpoint {
-            Endpoint::Discovery => well_known::discovery_document(&issuer.url),
+            Endpoint::Discovery => well_known::discovery_document(&issuer.url, keys),
             Endpoint::Jwks => well_known::jwks_document(keys),
         };
         let cache_control = if ephemeral_key {
@@ -199,21 +175,12 @@ pub const ROUTE_METADATA_NAMESPACE: &str = "mcp_jwt_signer";
 
 impl RouteSettings {
     /// Decodes the two attribute values Envoy returned (`None`: not set on the route).
-    pub fn from_properties(
-        audience: Option<&[u8]>,
-        allowed_tools: Option<&[u8]>,
-    ) -> Result<RouteSettings, Refusal> {
+    pub fn from_properties(audience: Option<&[u8]>, allowed_tools: Option<&[u8]>) -> Result<RouteSettings, Refusal> {
         let audience = match audience {
             None | Some([]) => None,
             Some(raw) => match property::decode(raw) {
-                Some(serde_json::Value::String(aud)) if !aud.chars().any(char::is_control) => {
-                    Some(aud)
-                }
-                _ => {
-                    return Err(Refusal::BadRouteMetadata(
-                        "route metadata `audience` must be a string",
-                    ))
-                }
+                Some(serde_json::Value::String(aud)) if !aud.chars().any(char::is_control) => Some(aud),
+                _ => return Err(Refusal::BadRouteMetadata("route metadata `audience` must be a string")),
             },
         };
         let allowed_tools = match allowed_tools {
@@ -233,11 +200,7 @@ impl RouteSettings {
                 };
                 let names: Option<BTreeSet<String>> = tools
                     .into_iter()
-                    .map(|t| {
-                        t.as_str()
-                            .filter(|n| mcp::is_valid_tool_name(n))
-                            .map(str::to_string)
-                    })
+                    .map(|t| t.as_str().filter(|n| mcp::is_valid_tool_name(n)).map(str::to_string))
                     .collect();
                 Some(names.ok_or(Refusal::BadRouteMetadata(
                     "route metadata `allowed_tools` must list valid tool names",
@@ -272,9 +235,7 @@ pub fn authorize(req: &SignRequest<'_>) -> Result<TimelessClaims, Refusal> {
         facts: req.facts,
         jwt_payload: &config.jwt_payload_in_metadata,
     };
-    let identity = resolver
-        .identity(&config.identity)
-        .map_err(Refusal::Identity)?;
+    let identity = resolver.identity(&config.identity).map_err(Refusal::Identity)?;
     if config.require_subject && identity.subject.is_none() {
         return Err(Refusal::Unauthenticated);
     }
@@ -312,7 +273,7 @@ pub struct Token {
 pub fn token_for(
     req: &SignRequest<'_>,
     cache: &mut TokenCache,
-    signer: &RsaSigner,
+    signer: &Signer,
     now: u64,
     new_jti: impl FnOnce() -> Option<String>,
 ) -> Result<Token, Refusal> {
@@ -325,27 +286,17 @@ pub fn token_for(
     };
     if cache.enabled() {
         if let Lookup::Hit(jwt) = cache.get(&key, now) {
-            return Ok(Token {
-                jwt,
-                from_cache: true,
-            });
+            return Ok(Token { jwt, from_cache: true });
         }
     }
     let jti = new_jti().ok_or(Refusal::Internal("random source unavailable"))?;
     let claims = timeless.stamp(now, req.config.ttl_seconds, jti, &req.config.claims);
-    let exp = claims
-        .get("exp")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(now);
-    let jwt =
-        jwt::encode_rs256(&claims, signer).map_err(|_| Refusal::Internal("signing failed"))?;
+    let exp = claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(now);
+    let jwt = jwt::encode(&claims, signer).map_err(|_| Refusal::Internal("signing failed"))?;
     if cache.enabled() {
         cache.insert(key, jwt.clone(), exp);
     }
-    Ok(Token {
-        jwt,
-        from_cache: false,
-    })
+    Ok(Token { jwt, from_cache: false })
 }
 
 #[cfg(test)]
@@ -368,11 +319,7 @@ mod tests {
             HeadDecision::Serve(Endpoint::Jwks)
         );
         assert_eq!(
-            on_headers(
-                &head(b"HEAD", b"/.well-known/openid-configuration?a", true),
-                "",
-                10
-            ),
+            on_headers(&head(b"HEAD", b"/.well-known/openid-configuration?a", true), "", 10),
             HeadDecision::Serve(Endpoint::Discovery)
         );
         assert!(matches!(
@@ -395,14 +342,7 @@ mod tests {
             on_headers(&head(b"POST", b"/mcp", false), "", 10),
             HeadDecision::AwaitBody(BodyPlan::JsonRpc)
         );
-        for m in [
-            &b"PUT"[..],
-            b"PATCH",
-            b"OPTIONS",
-            b"HEAD",
-            b"CONNECT",
-            b"get",
-        ] {
+        for m in [&b"PUT"[..], b"PATCH", b"OPTIONS", b"HEAD", b"CONNECT", b"get"] {
             assert!(matches!(
                 on_headers(&head(m, b"/mcp", true), "", 10),
                 HeadDecision::Refuse(Refusal::MethodNotAllowed { .. })
@@ -423,20 +363,14 @@ mod tests {
             HeadDecision::Refuse(Refusal::BodyTooLarge { limit: 10 })
         );
         h.content_length = Some(b"10");
-        assert_eq!(
-            on_headers(&h, "", 10),
-            HeadDecision::AwaitBody(BodyPlan::JsonRpc)
-        );
+        assert_eq!(on_headers(&h, "", 10), HeadDecision::AwaitBody(BodyPlan::JsonRpc));
         h.content_encoding = Some(b"gzip");
         assert_eq!(
             on_headers(&h, "", 10),
             HeadDecision::Refuse(Refusal::UnsupportedEncoding)
         );
         h.content_encoding = Some(b"Identity");
-        assert_eq!(
-            on_headers(&h, "", 10),
-            HeadDecision::AwaitBody(BodyPlan::JsonRpc)
-        );
+        assert_eq!(on_headers(&h, "", 10), HeadDecision::AwaitBody(BodyPlan::JsonRpc));
     }
 
     #[test]
@@ -445,20 +379,12 @@ mod tests {
             on_body(&BodyPlan::JsonRpc, b"{}", 1),
             Err(Refusal::BodyTooLarge { limit: 1 })
         );
-        assert_eq!(
-            on_body(&BodyPlan::MustBeEmpty(Call::Stream), b"", 1),
-            Ok(Call::Stream)
-        );
+        assert_eq!(on_body(&BodyPlan::MustBeEmpty(Call::Stream), b"", 1), Ok(Call::Stream));
         assert_eq!(
             on_body(&BodyPlan::MustBeEmpty(Call::Stream), b"x", 1),
             Err(Refusal::UnexpectedBody)
         );
-        assert!(on_body(
-            &BodyPlan::JsonRpc,
-            br#"{"jsonrpc":"2.0","method":"ping","id":1}"#,
-            100
-        )
-        .is_ok());
+        assert!(on_body(&BodyPlan::JsonRpc, br#"{"jsonrpc":"2.0","method":"ping","id":1}"#, 100).is_ok());
     }
 
     #[test]
@@ -468,15 +394,9 @@ mod tests {
             issuer_for(&cfg, b"http", b"localhost:10000").unwrap().url,
             "http://localhost:10000"
         );
-        assert_eq!(
-            issuer_for(&cfg, b"http", b"evil\"host"),
-            Err(Refusal::BadAuthority)
-        );
+        assert_eq!(issuer_for(&cfg, b"http", b"evil\"host"), Err(Refusal::BadAuthority));
         let cfg = Config::parse(br#"{"issuer":"https://gw/x"}"#).unwrap();
-        assert_eq!(
-            issuer_for(&cfg, b"http", b"other").unwrap().url,
-            "https://gw/x"
-        );
+        assert_eq!(issuer_for(&cfg, b"http", b"other").unwrap().url, "https://gw/x");
     }
 
     mod signing {
@@ -486,9 +406,9 @@ mod tests {
         use serde_json::{json, Value};
         use std::sync::OnceLock;
 
-        fn signer() -> &'static RsaSigner {
-            static SIGNER: OnceLock<RsaSigner> = OnceLock::new();
-            SIGNER.get_or_init(|| RsaSigner::generate().unwrap())
+        fn signer() -> &'static Signer {
+            static SIGNER: OnceLock<Signer> = OnceLock::new();
+            SIGNER.get_or_init(|| Signer::generate(crate::signer::Algorithm::Rs256).unwrap())
         }
 
         fn call(body: &str) -> Call {
@@ -496,10 +416,7 @@ mod tests {
         }
 
         fn tools_call(tool: &str) -> Call {
-            call(
-                &json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":tool}})
-                    .to_string(),
-            )
+            call(&json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":tool}}).to_string())
         }
 
         fn claims_of(jwt: &str) -> Value {
@@ -581,8 +498,7 @@ mod tests {
                 r#"{"identity":{"subject":["jwt:sub"]},"require_subject":true,"required_claims":["email"]}"#,
             );
             assert_eq!(
-                s.authorize(&tools_call("t"), &Facts::default())
-                    .unwrap_err(),
+                s.authorize(&tools_call("t"), &Facts::default()).unwrap_err(),
                 Refusal::Unauthenticated
             );
             let facts = Facts::default().jwt_claim("sub", b"u");
@@ -597,19 +513,12 @@ mod tests {
         #[test]
         fn route_audience_and_allow_list() {
             let mut s = Setup::new("{}");
-            s.route = RouteSettings::from_properties(
-                Some(b"https://weather.example.com/mcp"),
-                Some(b"get_weather"),
-            )
-            .unwrap();
-            let c = s
-                .authorize(&tools_call("get_weather"), &Facts::default())
-                .unwrap()
-                .0;
+            s.route =
+                RouteSettings::from_properties(Some(b"https://weather.example.com/mcp"), Some(b"get_weather")).unwrap();
+            let c = s.authorize(&tools_call("get_weather"), &Facts::default()).unwrap().0;
             assert_eq!(c["aud"], "https://weather.example.com/mcp");
             assert_eq!(
-                s.authorize(&tools_call("delete_all"), &Facts::default())
-                    .unwrap_err(),
+                s.authorize(&tools_call("delete_all"), &Facts::default()).unwrap_err(),
                 Refusal::ToolNotAllowed("delete_all".into())
             );
             // Methods other than tools/call are not restricted by the tool allow-list.
@@ -659,10 +568,7 @@ mod tests {
             let again = s.token(&mut cache, &tools_call("a"), &alice, 1100);
             assert!(again.from_cache);
             assert_eq!(again.jwt, first.jwt);
-            assert!(
-                !s.token(&mut cache, &tools_call("b"), &alice, 1100)
-                    .from_cache
-            );
+            assert!(!s.token(&mut cache, &tools_call("b"), &alice, 1100).from_cache);
             assert!(!s.token(&mut cache, &tools_call("a"), &bob, 1100).from_cache);
             // Default reuse window: half of ttl_seconds (300): past iat + 150 a fresh token is minted.
             let later = s.token(&mut cache, &tools_call("a"), &alice, 1151);

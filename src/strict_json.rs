@@ -76,11 +76,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             if object.contains_key(&key) {
-                let shown: String = key
-                    .chars()
-                    .take(32)
-                    .flat_map(char::escape_default)
-                    .collect();
+                let shown: String = key.chars().take(32).flat_map(char::escape_default).collect();
                 return Err(de::Error::custom(format_args!("duplicate key \"{shown}\"")));
             }
             let StrictValue(value) = map.next_value()?;

@@ -44,13 +44,20 @@ pub fn jwks_uri(issuer_url: &str) -> String {
 /// OpenID Connect Discovery 1.0 metadata. The filter is not an OpenID provider (it has no authorization
 /// endpoint); it publishes the members verifiers read, plus the ones the spec marks REQUIRED so that strict
 /// OIDC clients accept the document.
-pub fn discovery_document(issuer_url: &str) -> String {
+pub fn discovery_document(issuer_url: &str, keys: &[&Jwk]) -> String {
+    // The signing key's algorithm first, then those of keys published for rotation.
+    let mut algorithms: Vec<&str> = Vec::new();
+    for key in keys {
+        if !algorithms.contains(&key.alg) {
+            algorithms.push(key.alg);
+        }
+    }
     json!({
         "issuer": issuer_url,
         "jwks_uri": jwks_uri(issuer_url),
         "response_types_supported": ["id_token"],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["RS256"],
+        "id_token_signing_alg_values_supported": algorithms,
         "token_endpoint_auth_methods_supported": ["none"],
         "claims_supported": ["iss", "aud", "sub", "act", "email", "scope", "iat", "nbf", "exp", "jti"],
         "scopes_supported": ["mcp:tools/call", "mcp:tools/list"],
@@ -77,14 +84,8 @@ mod tests {
             endpoint(b"/.well-known/openid-configuration", ""),
             Some(Endpoint::Discovery)
         );
-        assert_eq!(
-            endpoint(b"/.well-known/jwks.json?x=1", ""),
-            Some(Endpoint::Jwks)
-        );
-        assert_eq!(
-            endpoint(b"/t/.well-known/jwks.json", "/t"),
-            Some(Endpoint::Jwks)
-        );
+        assert_eq!(endpoint(b"/.well-known/jwks.json?x=1", ""), Some(Endpoint::Jwks));
+        assert_eq!(endpoint(b"/t/.well-known/jwks.json", "/t"), Some(Endpoint::Jwks));
         for other in [
             &b"/.well-known/jwks.json"[..],
             b"/t/.well-known/jwks.json/",
@@ -92,19 +93,20 @@ mod tests {
             b"/tt/.well-known/jwks.json",
             b"/t/mcp",
         ] {
-            assert_eq!(
-                endpoint(other, "/t"),
-                None,
-                "{}",
-                String::from_utf8_lossy(other)
-            );
+            assert_eq!(endpoint(other, "/t"), None, "{}", String::from_utf8_lossy(other));
         }
     }
 
     #[test]
     fn discovery_names_the_jwks_under_the_issuer() {
+        let rsa = crate::keys::rsa_jwk(&[1, 2, 3], &[1, 0, 1]);
+        let ed = crate::ec_keys::ed25519_jwk(&ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key());
         let doc: serde_json::Value =
-            serde_json::from_str(&discovery_document("https://gw/t")).unwrap();
+            serde_json::from_str(&discovery_document("https://gw/t", &[&rsa, &ed, &rsa])).unwrap();
+        assert_eq!(
+            doc["id_token_signing_alg_values_supported"],
+            serde_json::json!(["RS256", "EdDSA"])
+        );
         assert_eq!(doc["issuer"], "https://gw/t");
         assert_eq!(doc["jwks_uri"], "https://gw/t/.well-known/jwks.json");
         assert_eq!(doc["id_token_signing_alg_values_supported"][0], "RS256");
