@@ -114,7 +114,8 @@ pub struct Config {
     /// Claim paths that must be present in jwt_authn's verified payload (else 403).
     pub required_claims: Vec<Source>,
     pub claims: ClaimShaping,
-    /// Remove the headers named by `header:` sources before the request goes upstream.
+    /// Remove the headers named by `header:` sources (in `identity` and `copy_claims`) before the request goes
+    /// upstream.
     pub strip_identity_headers: bool,
     pub token_cache: TokenCacheConfig,
     /// The JWS algorithm tokens are signed with (the key must be of its type).
@@ -227,6 +228,14 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// Every header a `header:` source reads, in `identity` and in `copy_claims`: the headers
+    /// `strip_identity_headers` removes.
+    pub fn identity_header_names(&self) -> impl Iterator<Item = &str> {
+        self.identity
+            .header_names()
+            .chain(crate::identity::header_names(self.claims.copy.iter().map(|(_, s)| s)))
+    }
+
     /// Parses and validates the plugin configuration. An empty configuration means "all defaults".
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
         let raw: RawConfig = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -660,5 +669,17 @@ mod tests {
         assert_eq!(parse(r#"{"algorithm":"none"}"#).unwrap_err().field, "algorithm");
         let e = parse(r#"{"additional_public_keys":["x","y"]}"#).unwrap_err();
         assert_eq!(e.field, "additional_public_keys[0]");
+    }
+
+    #[test]
+    fn stripped_headers_cover_identity_and_copied_claims() {
+        let c = parse(
+            r#"{"identity":{"subject":["header:x-user-id","jwt:sub"]},"copy_claims":{"dept":"header:X-Department"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.identity_header_names().collect::<Vec<_>>(),
+            ["x-user-id", "x-department"]
+        );
     }
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::cache::TokenCache;
 use crate::claims::{self, Call};
 use crate::config::{Config, KeySource, SIGNING_KEY_ENV};
-use crate::identity::{PropertyUnavailable, RequestFacts, Source};
+use crate::identity::{PropertyUnavailable, RequestFacts};
 use crate::refusal::Refusal;
 use crate::request::{
     self, BodyPlan, HeadDecision, LocalResponse, RequestHead, RouteSettings, SignRequest, ROUTE_METADATA_NAMESPACE,
@@ -361,11 +361,9 @@ impl McpRequest {
             }
         }
         if filter.config.strip_identity_headers {
-            for source in filter.config.identity.all() {
-                if let Source::Header(name) = source {
-                    if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).is_err() {
-                        return self.refuse(Refusal::Internal("cannot remove an identity header"));
-                    }
+            for name in filter.config.identity_header_names() {
+                if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).is_err() {
+                    return self.refuse(Refusal::Internal("cannot remove an identity header"));
                 }
             }
         }

@@ -8,7 +8,7 @@
 //!   `~0` for a `~` inside a claim name;
 //! - `mtls:uri_san` | `mtls:dns_san` | `mtls:subject`: the downstream TLS peer certificate (e.g. a SPIFFE ID);
 //! - `literal:<text>`: a fixed value;
-//! - `property:<segment>/<segment>/...`: any Envoy attribute, e.g. `property:node/metadata/SERVICE_ACCOUNT`.
+//! - `property:<segment>/<segment>/...`: any Envoy attribute, e.g. `property:xds/node/metadata/SERVICE_ACCOUNT`.
 //!
 //! Unknown kinds and malformed arguments are refused at load, so a typo never silently drops an identity.
 
@@ -203,6 +203,19 @@ impl IdentitySources {
     pub fn all(&self) -> impl Iterator<Item = &Source> {
         self.subject.iter().chain(&self.email).chain(&self.actor)
     }
+
+    /// Names of the headers these sources read.
+    pub fn header_names(&self) -> impl Iterator<Item = &str> {
+        header_names(self.all())
+    }
+}
+
+/// Names of the headers among `sources`.
+pub fn header_names<'a>(sources: impl Iterator<Item = &'a Source>) -> impl Iterator<Item = &'a str> {
+    sources.filter_map(|source| match source {
+        Source::Header(name) => Some(name.as_str()),
+        _ => None,
+    })
 }
 
 /// Envoy could not serialise an attribute (e.g. a jwt_authn payload holding a JSON `null`).

@@ -35,6 +35,8 @@ fn decode_at(bytes: &[u8], depth: usize) -> Option<Value> {
         return Some(Value::Object(map));
     }
     match bytes {
+        // An empty list or map: the pairs encoding with a zero count (the two cannot be told apart).
+        [0, 0, 0, 0] => return Some(Value::Array(Vec::new())),
         [0] => return Some(Value::Bool(false)),
         [1] => return Some(Value::Bool(true)),
         _ => {}
@@ -142,6 +144,7 @@ mod tests {
         assert_eq!(decode(&1.5f64.to_le_bytes()), Some(json!(1.5)));
         assert_eq!(decode(&[1]), Some(json!(true)));
         assert_eq!(decode(&[0]), Some(json!(false)));
+        assert_eq!(decode(&[0, 0, 0, 0]), Some(json!([])));
         assert_eq!(decode(&f64::NAN.to_le_bytes()), None);
         assert_eq!(decode(b"\xff\xfe"), None);
     }

@@ -185,8 +185,6 @@ impl RouteSettings {
         };
         let allowed_tools = match allowed_tools {
             None | Some([]) => None,
-            // An empty list: Envoy's pairs encoding with a zero count. Allow nothing.
-            Some([0, 0, 0, 0]) => Some(BTreeSet::new()),
             Some(raw) => {
                 let tools = match property::decode(raw) {
                     Some(serde_json::Value::Array(items)) => items,
