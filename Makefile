@@ -12,7 +12,10 @@ WASM       := target/$(TARGET)/release/mcp_jwt_signer.wasm
 REQS       := tests/requirements.txt
 PYTEST_ARGS ?=
 
-.PHONY: all build target venv test unit lint e2e run clean
+OCI_DIR    := target/oci/mcp-jwt-signer
+FUZZ_SECONDS ?= 15
+
+.PHONY: all build target venv test unit lint e2e run bench oci schemas tools fuzz supply-chain clean
 
 all: build
 
@@ -33,8 +36,9 @@ $(VENV)/.installed: $(REQS)
 	@$(ENVOY) --version >/dev/null
 	@touch $@
 
-## test: every test: formatting, lints, native unit tests, end-to-end tests against a real Envoy
-test: lint unit e2e
+## test: every test: formatting, lints, native unit and property tests, end-to-end tests against a real Envoy,
+## a short fuzzing run of each fuzz target, and the offline supply-chain checks
+test: lint unit e2e fuzz supply-chain
 
 lint:
 	cargo fmt --all -- --check
@@ -44,8 +48,36 @@ lint:
 unit:
 	cargo test
 
-e2e: build venv
+e2e: build venv schemas tools
 	$(VPY) -m pytest tests/e2e -q $(PYTEST_ARGS)
+
+## fuzz: each cargo-fuzz target for FUZZ_SECONDS (installs cargo-fuzz when missing); a crash fails the run
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/fuzz.sh
+
+## supply-chain: cargo-deny licences, bans and sources (offline); advisories need a copy of the RustSec DB
+supply-chain:
+	bash scripts/supply-chain.sh
+
+## bench: Envoy alone vs Envoy + filter (warm, cold) at --concurrency 1 and 2, plus the mint cost vs OpenSSL
+bench: build venv
+	$(VPY) scripts/bench.py
+
+## oci: the filter as an OCI image layout (FROM scratch + plugin.wasm, and the Wasm artifact variant), no Docker
+oci: build
+	$(PYTHON) scripts/oci-image.py --wasm $(WASM) --out $(OCI_DIR)
+
+## schemas: Istio's published CRD schemas for the deploy/istio checks (pinned by deploy/schemas/package-lock.json)
+schemas: deploy/schemas/node_modules/.installed
+
+deploy/schemas/node_modules/.installed: deploy/schemas/package-lock.json
+	npm ci --prefix deploy/schemas --no-audit --no-fund
+	@touch $@
+
+## tools: skopeo and umoci (Debian) to check the OCI image
+tools:
+	@command -v skopeo >/dev/null && command -v umoci >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo umoci; }
 
 ## run: the demo: Envoy + the filter in front of a small upstream that shows the token it received
 run: build venv

@@ -243,8 +243,7 @@ impl Config {
         } else {
             let mut de = serde_json::Deserializer::from_slice(bytes);
             let raw = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-                let path = e.path().to_string();
-                let field = if path == "." { "(root)".to_string() } else { path };
+                let field = field_path(e.path());
                 ConfigError::new(field, redact_serde_error(&e.into_inner()))
             })?;
             de.end()
@@ -360,7 +359,7 @@ impl Config {
         };
         let mut copy = Vec::new();
         for (name, source) in raw.copy_claims.iter().flatten() {
-            let field = format!("copy_claims.{name}");
+            let field = format!("copy_claims.{}", shown(name));
             check_name(&field, name)?;
             if FILTER_CLAIMS.contains(&name.as_str()) {
                 return Err(ConfigError::new(
@@ -375,7 +374,7 @@ impl Config {
         }
         let add = raw.add_claims.clone().unwrap_or_default();
         for name in add.keys() {
-            let field = format!("add_claims.{name}");
+            let field = format!("add_claims.{}", shown(name));
             check_name(&field, name)?;
             if FILTER_CLAIMS.contains(&name.as_str()) {
                 return Err(ConfigError::new(
@@ -386,7 +385,7 @@ impl Config {
         }
         let override_ = raw.override_claims.clone().unwrap_or_default();
         for (name, value) in &override_ {
-            let field = format!("override_claims.{name}");
+            let field = format!("override_claims.{}", shown(name));
             check_name(&field, name)?;
             if name == "scope" {
                 return Err(ConfigError::new(
@@ -409,7 +408,10 @@ impl Config {
             let field = format!("remove_claims[{i}]");
             check_name(&field, name)?;
             if ESSENTIAL_CLAIMS.contains(&name.as_str()) {
-                return Err(ConfigError::new(field, format!("`{name}` is needed by every verifier")));
+                return Err(ConfigError::new(
+                    field,
+                    format!("`{}` is needed by every verifier", shown(name)),
+                ));
             }
         }
         Ok(ClaimShaping {
@@ -460,16 +462,63 @@ fn check_claim_text(field: &str, value: &str) -> Result<(), ConfigError> {
 /// wrong field would then land in Envoy's log: keep only the error's category and position.
 fn redact_serde_error(e: &serde_json::Error) -> String {
     let text = e.to_string();
-    match text.find('"') {
-        Some(i) if !text.starts_with("unknown field") => {
-            format!(
-                "{} (value not shown) at line {} column {}",
-                text[..i].trim_end(),
-                e.line(),
-                e.column()
-            )
+    if let Some(rest) = text.strip_prefix("unknown field `") {
+        // "unknown field `NAME`, expected one of ...": the name is operator text, shown only if it looks like one.
+        let (name, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        return format!("unknown field `{}`{}", shown(name), expected);
+    }
+    match text.find(['"', '`']) {
+        Some(i) => format!(
+            "{} (value not shown) at line {} column {}",
+            text[..i].trim_end(),
+            e.line(),
+            e.column()
+        ),
+        None => text,
+    }
+}
+
+/// The path of a config error, with map keys shown only when they look like names.
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&shown(key));
+            }
+            Segment::Enum { variant } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&shown(variant));
+            }
+            Segment::Unknown => out.push_str(".?"),
         }
-        _ => text,
+    }
+    if out.is_empty() {
+        "(root)".to_string()
+    } else {
+        out
+    }
+}
+
+/// Operator-written text for an error message: configuration must never echo key material into Envoy's log,
+/// and a PEM can land in any field by mistake. Text is shown only when it looks like a name or a source (at most
+/// 64 characters, no upper-case letters, no `+`, `=` or whitespace: never base64 key material).
+pub fn shown(text: &str) -> String {
+    let looks_like_a_name = (1..=64).contains(&text.len())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.:/~@".contains(c));
+    if looks_like_a_name {
+        text.to_string()
+    } else {
+        format!("<{} bytes, not shown>", text.len())
     }
 }
 
@@ -680,6 +729,42 @@ mod tests {
         assert_eq!(
             c.identity_header_names().collect::<Vec<_>>(),
             ["x-user-id", "x-department"]
+        );
+    }
+
+    #[test]
+    fn key_material_never_reaches_an_error() {
+        let pem = "-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7fuzzSecretBodyQ9xZp4Lk2Wv\\n-----END PRIVATE KEY-----\\n";
+        for template in [
+            r#"{"$PEM": 1}"#,
+            r#"{"identity": {"$PEM": []}}"#,
+            r#"{"add_claims": {"$PEM": 1}}"#,
+            r#"{"copy_claims": {"$PEM": "jwt:sub"}}"#,
+            r#"{"identity": {"subject": ["$PEM"]}}"#,
+            r#"{"copy_claims": {"x": "$PEM"}}"#,
+            r#"{"identity": {"subject": ["header:$PEM"]}}"#,
+            r#"{"identity": {"subject": ["jwt:$PEM~"]}}"#,
+            r#"{"remove_claims": ["$PEM"], "override_claims": {"$PEM": 1}}"#,
+            r#"{"audience": "$PEM\u0001"}"#,
+            r#"{"additional_public_keys": ["$PEM"]}"#,
+        ] {
+            let input = template.replace("$PEM", pem);
+            if let Err(e) = parse(&input) {
+                let text = e.to_string();
+                assert!(
+                    !text.contains("MIIEvQ") && !text.contains("Secret"),
+                    "{template}: {text}"
+                );
+            }
+        }
+        // Names still help the operator.
+        assert!(parse(r#"{"audiance":"x"}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("audiance"));
+        assert_eq!(
+            parse(r#"{"add_claims":{"exp":1}}"#).unwrap_err().field,
+            "add_claims.exp"
         );
     }
 }

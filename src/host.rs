@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::cache::TokenCache;
 use crate::claims::{self, Call};
 use crate::config::{Config, KeySource, SIGNING_KEY_ENV};
-use crate::identity::{PropertyUnavailable, RequestFacts};
+use crate::identity::{PropertyUnavailable, RepeatedHeader, RequestFacts};
 use crate::refusal::Refusal;
 use crate::request::{
     self, BodyPlan, HeadDecision, LocalResponse, RequestHead, RouteSettings, SignRequest, ROUTE_METADATA_NAMESPACE,
@@ -252,11 +252,23 @@ struct McpRequest {
 }
 
 /// Request facts read from Envoy on demand.
-struct HostFacts;
+#[derive(Default)]
+struct HostFacts {
+    /// All request headers, read once when a `header:` source first needs them (to see repeated headers).
+    headers: std::cell::OnceCell<Vec<(String, Vec<u8>)>>,
+}
 
 impl RequestFacts for HostFacts {
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
-        request_header(name)
+    fn header(&self, name: &str) -> Result<Option<Vec<u8>>, RepeatedHeader> {
+        let headers = self
+            .headers
+            .get_or_init(|| hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default());
+        let mut values = headers.iter().filter(|(key, _)| key.eq_ignore_ascii_case(name));
+        match (values.next(), values.next()) {
+            (None, _) => Ok(None),
+            (Some((_, value)), None) => Ok(Some(value.clone())),
+            (Some(_), Some(_)) => Err(RepeatedHeader),
+        }
     }
 
     fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, PropertyUnavailable> {
@@ -341,7 +353,7 @@ impl McpRequest {
             issuer: &issuer,
             call,
             route: &route,
-            facts: &HostFacts,
+            facts: &HostFacts::default(),
         };
         let now = (started_us / 1_000_000) as u64;
         let token = {

@@ -167,10 +167,7 @@ fn parse_pointer(arg: &str) -> Result<Vec<String>, String> {
     Ok(segments)
 }
 
-/// Operator-written text, shortened for an error message.
-fn shown(s: &str) -> String {
-    s.chars().take(64).collect()
-}
+use crate::config::shown;
 
 /// RFC 9110 token characters.
 fn is_header_name_byte(b: u8) -> bool {
@@ -223,9 +220,14 @@ pub fn header_names<'a>(sources: impl Iterator<Item = &'a Source>) -> impl Itera
 pub struct PropertyUnavailable;
 
 /// What the filter can read about a request; the host implements it, tests use maps.
+/// A header that appears more than once. As an identity it is refused: which copy is "the" value depends on who
+/// appended what (Envoy's `request_headers_to_add` appends by default, after whatever the client sent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RepeatedHeader;
+
 pub trait RequestFacts {
     /// A request header's raw bytes (client-controlled: may be anything).
-    fn header(&self, name: &str) -> Option<Vec<u8>>;
+    fn header(&self, name: &str) -> Result<Option<Vec<u8>>, RepeatedHeader>;
     /// An Envoy attribute's raw bytes. `Err`: Envoy could not serialise it.
     fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, PropertyUnavailable>;
 }
@@ -270,7 +272,7 @@ impl Resolver<'_> {
         };
         let raw = match source {
             Source::Literal(text) => return Ok(Some(Value::String(text.clone()))),
-            Source::Header(name) => match self.facts.header(name) {
+            Source::Header(name) => match self.facts.header(name).map_err(|RepeatedHeader| err("is repeated"))? {
                 Some(raw) => {
                     // Header values are text: refuse rather than repair.
                     let text = String::from_utf8(raw).map_err(|_| err("is not valid UTF-8"))?;
@@ -362,8 +364,11 @@ pub mod tests {
     }
 
     impl RequestFacts for Facts {
-        fn header(&self, name: &str) -> Option<Vec<u8>> {
-            self.headers.get(name).cloned()
+        fn header(&self, name: &str) -> Result<Option<Vec<u8>>, RepeatedHeader> {
+            match self.headers.get(name) {
+                Some(value) if value == b"<repeated>" => Err(RepeatedHeader),
+                value => Ok(value.cloned()),
+            }
         }
         fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, PropertyUnavailable> {
             Ok(self.properties.get(&path.join("|")).cloned())
@@ -452,6 +457,13 @@ pub mod tests {
         let list = [1u32.to_le_bytes(), 1u32.to_le_bytes(), 0u32.to_le_bytes()].concat();
         let facts = Facts::default().jwt_claim("groups", &[list, b"a\0\0".to_vec()].concat());
         assert_eq!(resolve(&s, &facts).unwrap_err().reason, "is not a string");
+    }
+
+    #[test]
+    fn a_repeated_identity_header_is_refused() {
+        let s = sources(r#"{"subject":["header:x-user-id"]}"#).unwrap();
+        let facts = Facts::default().header("x-user-id", b"<repeated>");
+        assert_eq!(resolve(&s, &facts).unwrap_err().reason, "is repeated");
     }
 
     #[test]

@@ -57,7 +57,7 @@ mod tests {
     fn token_verifies_with_jsonwebtoken() {
         let key = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap();
         let pem = key.to_pkcs8_pem(Default::default()).unwrap();
-        let signer = Signer::Rs256(crate::keys::RsaSigner::from_pem(&pem).unwrap());
+        let signer = Signer::Rs256(Box::new(crate::keys::RsaSigner::from_pem(&pem).unwrap()));
         let claims =
             json!({"iss":"https://gw","aud":"mcp","sub":"alice","exp": 4_000_000_000u64, "scope":"mcp:tools/list"});
         let token = encode(&claims, &signer).unwrap();

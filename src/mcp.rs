@@ -97,10 +97,12 @@ pub fn parse_body(body: &[u8]) -> Result<McpCall, McpError> {
     Ok(call)
 }
 
-/// The message's id if it is one a reply may echo (string or number).
+/// The message's id if it is one a reply may echo: a string or an integer that JSON numbers carry exactly.
+/// Anything else is an id the filter refuses, and JSON-RPC 2.0 (section 5) answers those with a null id.
 fn usable_id(message: &Value) -> Option<Value> {
     match message.get("id") {
-        Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
+        Some(id @ Value::String(_)) => Some(id.clone()),
+        Some(id @ Value::Number(n)) if n.is_i64() || n.is_u64() => Some(id.clone()),
         _ => None,
     }
 }
@@ -316,6 +318,19 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["get_weather"]}"#,
         ] {
             assert!(matches!(err(body.as_bytes()), McpError::InvalidParams { .. }), "{body}");
+        }
+    }
+
+    #[test]
+    fn refused_ids_are_not_echoed() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1180591620717411303424,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1e2,"method":"ping"}"#,
+        ] {
+            let e = err(body.as_bytes());
+            assert!(matches!(e, McpError::InvalidRequest { .. }), "{body}");
+            assert_eq!(e.id(), None, "{body}");
         }
     }
 

@@ -41,7 +41,8 @@ impl fmt::Display for Algorithm {
 }
 
 pub enum Signer {
-    Rs256(RsaSigner),
+    /// Boxed: the RSA key with its precomputed CRT constants is much larger than the EC keys.
+    Rs256(Box<RsaSigner>),
     Es256(Es256Signer),
     EdDsa(Ed25519Signer),
 }
@@ -55,7 +56,7 @@ impl fmt::Debug for Signer {
 impl Signer {
     pub fn from_pem(algorithm: Algorithm, pem: &str) -> Result<Signer, KeyError> {
         Ok(match algorithm {
-            Algorithm::Rs256 => Signer::Rs256(RsaSigner::from_pem(pem)?),
+            Algorithm::Rs256 => Signer::Rs256(Box::new(RsaSigner::from_pem(pem)?)),
             Algorithm::Es256 => Signer::Es256(Es256Signer::from_pem(pem)?),
             Algorithm::EdDsa => Signer::EdDsa(Ed25519Signer::from_pem(pem)?),
         })
@@ -63,7 +64,7 @@ impl Signer {
 
     pub fn from_pkcs8_der(algorithm: Algorithm, der: &[u8]) -> Result<Signer, KeyError> {
         Ok(match algorithm {
-            Algorithm::Rs256 => Signer::Rs256(RsaSigner::from_pkcs8_der(der)?),
+            Algorithm::Rs256 => Signer::Rs256(Box::new(RsaSigner::from_pkcs8_der(der)?)),
             Algorithm::Es256 => Signer::Es256(Es256Signer::from_pkcs8_der(der)?),
             Algorithm::EdDsa => Signer::EdDsa(Ed25519Signer::from_pkcs8_der(der)?),
         })
@@ -71,7 +72,7 @@ impl Signer {
 
     pub fn generate(algorithm: Algorithm) -> Result<Signer, KeyError> {
         Ok(match algorithm {
-            Algorithm::Rs256 => Signer::Rs256(RsaSigner::generate()?),
+            Algorithm::Rs256 => Signer::Rs256(Box::new(RsaSigner::generate()?)),
             Algorithm::Es256 => Signer::Es256(Es256Signer::generate()?),
             Algorithm::EdDsa => Signer::EdDsa(Ed25519Signer::generate()?),
         })

@@ -163,14 +163,15 @@ class EnvoyStartupError(AssertionError):
 
 
 class Envoy:
-    def __init__(self, proc, *, config_path: Path, log_path: Path, admin_port: int, listener_port: int, plugin_config):
+    def __init__(self, proc, *, config_path: Path, log_path: Path, admin_port: int, listener_port: int, plugin_config,
+                 scheme: str = "http"):
         self.proc = proc
         self.config_path = config_path
         self.log_path = log_path
         self.admin_port = admin_port
         self.listener_port = listener_port
         self.plugin_config = plugin_config
-        self.url = f"http://127.0.0.1:{listener_port}"
+        self.url = f"{scheme}://127.0.0.1:{listener_port}"
         self.admin_url = f"http://127.0.0.1:{admin_port}"
 
     @property
@@ -206,11 +207,14 @@ class Envoy:
             self.proc.wait(timeout=timeout)
 
 
-def _spawn(workdir: Path, plugin_config, upstream_port: int, concurrency: int, env, extra_edit, tag: str) -> Envoy:
+def _spawn(workdir: Path, plugin_config, upstream_port: int, concurrency: int, env, extra_edit, tag: str,
+           listener_port=None, extra_args=(), scheme: str = "http") -> Envoy:
     if not WASM.exists():
         raise AssertionError(f"filter not built: {WASM} is missing (run `make build` before the e2e tests)")
     workdir.mkdir(parents=True, exist_ok=True)
-    admin_port, listener_port = free_port(), free_port()
+    admin_port = free_port()
+    if listener_port is None:
+        listener_port = free_port()
     if callable(plugin_config):  # a config that needs the listener URL (e.g. an issuer with a path)
         plugin_config = plugin_config(f"http://127.0.0.1:{listener_port}")
     cfg = build_envoy_config(plugin_config, admin_port=admin_port, listener_port=listener_port,
@@ -230,6 +234,7 @@ def _spawn(workdir: Path, plugin_config, upstream_port: int, concurrency: int, e
         # A unique base id per Envoy, so several can run at once; hot restart off, because Envoy leaves its
         # /dev/shm/envoy_shared_memory_<id> file behind even after a clean SIGTERM.
         "--use-dynamic-base-id", "--disable-hot-restart",
+        *extra_args,
     ]
     log_file = open(log_path, "wb")
     try:
@@ -238,7 +243,7 @@ def _spawn(workdir: Path, plugin_config, upstream_port: int, concurrency: int, e
     finally:
         log_file.close()
     return Envoy(proc, config_path=config_path, log_path=log_path, admin_port=admin_port,
-                 listener_port=listener_port, plugin_config=plugin_config)
+                 listener_port=listener_port, plugin_config=plugin_config, scheme=scheme)
 
 
 def _admin_ready(envoy: Envoy) -> bool:
@@ -249,27 +254,37 @@ def _admin_ready(envoy: Envoy) -> bool:
 
 
 def start_envoy(workdir: Path, plugin_config, upstream_port: int, *, concurrency: int = 1, env=None,
-                extra_edit=None, ready_path=None, timeout: float = STARTUP_TIMEOUT) -> Envoy:
+                extra_edit=None, ready_path=None, timeout: float = STARTUP_TIMEOUT, listener_port=None,
+                extra_args=(), scheme: str = "http", probe_kwargs=None) -> Envoy:
     """Start Envoy and wait until admin /ready is 200 AND the JWKS answers 200 through the listener.
 
     `plugin_config`: a dict (dumped to JSON), a raw JSON string, or a callable(listener_base_url) -> dict|str for
-    configs that must name the listener's own URL (e.g. an issuer with a path)."""
+    configs that must name the listener's own URL (e.g. an issuer with a path).
+    `listener_port`: a fixed listener port (e.g. to restart a gateway at the same address); default: a free one.
+    `extra_args`: more Envoy command-line arguments (e.g. ["--file-flush-interval-msec", "50"]).
+    `scheme` ("https" for a listener that an `extra_edit` gave a TLS transport socket) and `probe_kwargs` (extra
+    `requests.get` arguments, e.g. `cert=` and `verify=` for mutual TLS) shape the readiness probe."""
     last_error = None
     for attempt in range(3):  # a free port can be taken by someone else between probing and binding: retry
-        envoy = _spawn(workdir, plugin_config, upstream_port, concurrency, env, extra_edit, tag=f"{attempt}")
+        envoy = _spawn(workdir, plugin_config, upstream_port, concurrency, env, extra_edit, tag=f"{attempt}",
+                       listener_port=listener_port, extra_args=extra_args, scheme=scheme)
         try:
             path = ready_path if ready_path is not None else issuer_path(envoy.plugin_config) + JWKS_SUFFIX
-            _wait_ready(envoy, path, timeout)
+            _wait_ready(envoy, path, timeout, probe_kwargs)
             return envoy
         except EnvoyStartupError as e:
             envoy.stop()
             last_error = e
             if "Address already in use" not in envoy.log() and "address already in use" not in envoy.log():
                 break
+            if listener_port is not None and attempt >= 1:
+                break  # the fixed port may still be held by a process that is going away: one retry only
+            if listener_port is not None:
+                time.sleep(0.5)
     raise last_error
 
 
-def _wait_ready(envoy: Envoy, ready_path: str, timeout: float) -> None:
+def _wait_ready(envoy: Envoy, ready_path: str, timeout: float, probe_kwargs=None) -> None:
     deadline = time.monotonic() + timeout
     while not _admin_ready(envoy):
         if not envoy.alive():
@@ -282,7 +297,7 @@ def _wait_ready(envoy: Envoy, ready_path: str, timeout: float) -> None:
         if not envoy.alive():
             raise EnvoyStartupError(f"envoy exited with {envoy.proc.returncode}; log:\n{envoy.log_tail()}")
         try:
-            r = requests.get(envoy.url + ready_path, timeout=2)
+            r = requests.get(envoy.url + ready_path, timeout=2, **(probe_kwargs or {}))
             last = f"{r.status_code} {r.text[:200]!r}"
             if r.status_code == 200:
                 return
