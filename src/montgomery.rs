@@ -26,6 +26,8 @@ fn wide_mul(a: u32, b: u32) -> u64 {
 /// An odd modulus m < R/4 with its Montgomery constants.
 pub struct Modulus<const N: usize> {
     m: Limbs<N>,
+    /// The limbs in reverse order, for the column sums.
+    m_rev: Limbs<N>,
     /// -m^-1 mod 2^28.
     m_prime: u64,
 }
@@ -40,6 +42,7 @@ impl<const N: usize> Modulus<N> {
             inv = inv.wrapping_mul(2u64.wrapping_sub(m0.wrapping_mul(inv)));
         }
         Modulus {
+            m_rev: reversed(&m),
             m,
             m_prime: 0u64.wrapping_sub(inv) & MASK,
         }
@@ -53,13 +56,14 @@ impl<const N: usize> Modulus<N> {
     #[inline(always)]
     pub fn mul(&self, a: &Limbs<N>, b: &Limbs<N>) -> Limbs<N> {
         let m = &self.m;
+        let b_rev = reversed(b);
         let mut u = [0u32; N];
         let mut out = [0u32; N];
         let mut acc: u64 = 0;
+        // Column k sums a[i] b[k-i] + u[i] m[k-i]; with b and m reversed both factors are contiguous runs.
         for k in 0..N {
-            for i in 0..k {
-                acc += wide_mul(a[i], b[k - i]) + wide_mul(u[i], m[k - i]);
-            }
+            let run = N - 1 - k..N - 1;
+            acc += dot2(&a[..k], &b_rev[run.clone()], &u[..k], &self.m_rev[run]);
             acc += wide_mul(a[k], b[0]);
             let uk = (((acc & MASK) * self.m_prime) & MASK) as u32;
             u[k] = uk;
@@ -67,9 +71,9 @@ impl<const N: usize> Modulus<N> {
             acc >>= LIMB_BITS;
         }
         for k in N..2 * N - 1 {
-            for i in (k + 1 - N)..N {
-                acc += wide_mul(a[i], b[k - i]) + wide_mul(u[i], m[k - i]);
-            }
+            let low = k + 1 - N;
+            let run = 0..2 * N - 1 - k;
+            acc += dot2(&a[low..], &b_rev[run.clone()], &u[low..], &self.m_rev[run]);
             out[k - N] = (acc & MASK) as u32;
             acc >>= LIMB_BITS;
         }
@@ -81,21 +85,18 @@ impl<const N: usize> Modulus<N> {
     #[inline(always)]
     pub fn square(&self, a: &Limbs<N>) -> Limbs<N> {
         let m = &self.m;
+        let a_rev = reversed(a);
         let mut u = [0u32; N];
         let mut out = [0u32; N];
         let mut acc: u64 = 0;
         for k in 0..N {
-            let mut cross: u64 = 0;
-            for i in 0..k.div_ceil(2) {
-                cross += wide_mul(a[i], a[k - i]);
-            }
+            let half = k.div_ceil(2);
+            let cross = dot(&a[..half], &a_rev[N - 1 - k..N - 1 - k + half]);
             acc += cross << 1;
             if k % 2 == 0 {
                 acc += wide_mul(a[k / 2], a[k / 2]);
             }
-            for i in 0..k {
-                acc += wide_mul(u[i], m[k - i]);
-            }
+            acc += dot(&u[..k], &self.m_rev[N - 1 - k..N - 1]);
             let uk = (((acc & MASK) * self.m_prime) & MASK) as u32;
             u[k] = uk;
             acc += wide_mul(uk, m[0]);
@@ -103,17 +104,13 @@ impl<const N: usize> Modulus<N> {
         }
         for k in N..2 * N - 1 {
             let low = k + 1 - N;
-            let mut cross: u64 = 0;
-            for i in low..k.div_ceil(2) {
-                cross += wide_mul(a[i], a[k - i]);
-            }
+            let half = k.div_ceil(2);
+            let cross = dot(&a[low..half], &a_rev[0..half - low]);
             acc += cross << 1;
             if k % 2 == 0 {
                 acc += wide_mul(a[k / 2], a[k / 2]);
             }
-            for i in low..N {
-                acc += wide_mul(u[i], m[k - i]);
-            }
+            acc += dot(&u[low..], &self.m_rev[0..2 * N - 1 - k]);
             out[k - N] = (acc & MASK) as u32;
             acc >>= LIMB_BITS;
         }
@@ -125,6 +122,20 @@ impl<const N: usize> Modulus<N> {
     pub fn reduce(&self, x: &Limbs<N>) -> Limbs<N> {
         let (diff, borrow) = sub(x, &self.m);
         select(borrow, x, &diff)
+    }
+
+    /// base^exp for a PUBLIC exponent (e.g. RSA's e = 65537), by left-to-right square-and-multiply: its time
+    /// depends on the exponent's bits, which is why it must never see a secret one. `exp_bits` >= 1.
+    pub fn pow_public(&self, base: &Limbs<N>, exp: &[u8], exp_bits: usize) -> Limbs<N> {
+        let mut acc = *base;
+        for bit in (0..exp_bits.saturating_sub(1)).rev() {
+            acc = self.square(&acc);
+            let byte = exp.get(exp.len().wrapping_sub(1 + bit / 8)).copied().unwrap_or(0);
+            if (byte >> (bit % 8)) & 1 == 1 {
+                acc = self.mul(&acc, base);
+            }
+        }
+        acc
     }
 
     /// base^exp (Montgomery form in, Montgomery form out) with a fixed 5-bit window. `exp` is big-endian and
@@ -162,6 +173,92 @@ impl<const N: usize> Modulus<N> {
         }
         acc
     }
+}
+
+fn reversed<const N: usize>(x: &Limbs<N>) -> Limbs<N> {
+    let mut out = *x;
+    out.reverse();
+    out
+}
+
+/// Sum of a[i] * b[i] over equal-length runs (at most 2^8 products of 28-bit limbs: no overflow).
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+#[inline(always)]
+fn dot(a: &[u32], b: &[u32]) -> u64 {
+    a.iter().zip(b).map(|(&x, &y)| wide_mul(x, y)).sum()
+}
+
+/// dot(a, b) + dot(c, d) for four runs of one length.
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+#[inline(always)]
+fn dot2(a: &[u32], b: &[u32], c: &[u32], d: &[u32]) -> u64 {
+    dot(a, b) + dot(c, d)
+}
+
+/// dot(a, b) + dot(c, d) for four runs of one length, in one SIMD loop.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+fn dot2(a: &[u32], b: &[u32], c: &[u32], d: &[u32]) -> u64 {
+    use core::arch::wasm32::{
+        u64x2_add, u64x2_extmul_high_u32x4, u64x2_extmul_low_u32x4, u64x2_extract_lane, u64x2_splat, v128, v128_load,
+    };
+    let len = a.len().min(b.len()).min(c.len()).min(d.len());
+    let mut lanes = u64x2_splat(0);
+    let mut i = 0;
+    while i + 4 <= len {
+        // SAFETY: i + 4 <= len <= the length of each run: the four 16-byte reads are in bounds; v128_load has no
+        // alignment requirement.
+        let (w, x, y, z) = unsafe {
+            (
+                v128_load(a.as_ptr().add(i).cast::<v128>()),
+                v128_load(b.as_ptr().add(i).cast::<v128>()),
+                v128_load(c.as_ptr().add(i).cast::<v128>()),
+                v128_load(d.as_ptr().add(i).cast::<v128>()),
+            )
+        };
+        lanes = u64x2_add(lanes, u64x2_extmul_low_u32x4(w, x));
+        lanes = u64x2_add(lanes, u64x2_extmul_high_u32x4(w, x));
+        lanes = u64x2_add(lanes, u64x2_extmul_low_u32x4(y, z));
+        lanes = u64x2_add(lanes, u64x2_extmul_high_u32x4(y, z));
+        i += 4;
+    }
+    let mut sum = u64x2_extract_lane::<0>(lanes) + u64x2_extract_lane::<1>(lanes);
+    while i < len {
+        sum += wide_mul(a[i], b[i]) + wide_mul(c[i], d[i]);
+        i += 1;
+    }
+    sum
+}
+
+/// Sum of a[i] * b[i] over equal-length runs, four products at a time with wasm SIMD's widening multiplies.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+fn dot(a: &[u32], b: &[u32]) -> u64 {
+    use core::arch::wasm32::{
+        u64x2_add, u64x2_extmul_high_u32x4, u64x2_extmul_low_u32x4, u64x2_extract_lane, u64x2_splat, v128, v128_load,
+    };
+    let len = a.len().min(b.len());
+    let mut lanes = u64x2_splat(0);
+    let mut i = 0;
+    while i + 4 <= len {
+        // SAFETY: i + 4 <= len <= a.len(), b.len(): both 16-byte reads are in bounds; v128_load has no alignment
+        // requirement.
+        let (x, y) = unsafe {
+            (
+                v128_load(a.as_ptr().add(i).cast::<v128>()),
+                v128_load(b.as_ptr().add(i).cast::<v128>()),
+            )
+        };
+        lanes = u64x2_add(lanes, u64x2_extmul_low_u32x4(x, y));
+        lanes = u64x2_add(lanes, u64x2_extmul_high_u32x4(x, y));
+        i += 4;
+    }
+    let mut sum = u64x2_extract_lane::<0>(lanes) + u64x2_extract_lane::<1>(lanes);
+    while i < len {
+        sum += wide_mul(a[i], b[i]);
+        i += 1;
+    }
+    sum
 }
 
 /// a - b and the final borrow (1 when a < b), limbs normalised.

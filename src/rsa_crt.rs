@@ -64,7 +64,6 @@ pub struct RsaCrt2048 {
     q_inv_r: Limbs<P_LIMBS>,
     n: Modulus<N_LIMBS>,
     n_big: NonZero<BoxedUint>,
-    n_one: Limbs<N_LIMBS>,
     n_r2: Limbs<N_LIMBS>,
     e: BoxedUint,
     e_bytes: Vec<u8>,
@@ -163,7 +162,6 @@ impl RsaCrt2048 {
             two_p: montgomery::add(&p_limbs, &p_limbs),
             q_inv_r: limbs(&q_inv.mul_mod(&r_p, &p_nz))?,
             n: Modulus::new(limbs(n_value)?),
-            n_one: limbs(&r_n)?,
             n_r2: limbs(&r_n.mul_mod(&r_n, &n_big))?,
             e: wide(key.e()),
             e_bytes: key.e().to_be_bytes().to_vec(),
@@ -240,7 +238,7 @@ impl RsaCrt2048 {
         // Verify before release: s^e must give back m.
         let s_mont = n.mul(&s, &self.n_r2);
         let e_bits = self.e.bit_width() as usize;
-        let check = n.pow(&s_mont, &self.e_bytes, e_bits, &self.n_one);
+        let check = n.pow_public(&s_mont, &self.e_bytes, e_bits);
         let mut plain_one = [0u32; N_LIMBS];
         plain_one[0] = 1;
         if n.reduce(&n.mul(&check, &plain_one)) != m {
