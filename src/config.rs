@@ -463,8 +463,16 @@ fn check_claim_text(field: &str, value: &str) -> Result<(), ConfigError> {
 fn redact_serde_error(e: &serde_json::Error) -> String {
     let text = e.to_string();
     if let Some(rest) = text.strip_prefix("unknown field `") {
-        // "unknown field `NAME`, expected one of ...": the name is operator text, shown only if it looks like one.
-        let (name, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        // "unknown field `NAME`, expected one of `a`, `b`": NAME is operator text and may hold anything, backticks
+        // included, so split at serde's own suffix (the last one: it follows the name), never at the first '`'.
+        let (name, expected) = match ["`, expected ", "`, there are no fields"]
+            .iter()
+            .filter_map(|suffix| rest.rfind(suffix))
+            .max()
+        {
+            Some(end) => (&rest[..end], &rest[end + 1..]),
+            None => (rest.trim_end_matches('`'), ""),
+        };
         return format!("unknown field `{}`{}", shown(name), expected);
     }
     match text.find(['"', '`']) {
@@ -747,6 +755,8 @@ mod tests {
             r#"{"remove_claims": ["$PEM"], "override_claims": {"$PEM": 1}}"#,
             r#"{"audience": "$PEM\u0001"}"#,
             r#"{"additional_public_keys": ["$PEM"]}"#,
+            r#"{"tokeA8888r`$PEMm{"": "#,
+            r#"{"a`, expected one of `x`$PEM": 1}"#,
         ] {
             let input = template.replace("$PEM", pem);
             if let Err(e) = parse(&input) {
