@@ -38,7 +38,7 @@ $(VENV)/.installed: $(REQS)
 
 ## test: every test: formatting, lints, native unit and property tests, end-to-end tests against a real Envoy,
 ## a short fuzzing run of each fuzz target, and the offline supply-chain checks
-test: lint unit e2e fuzz supply-chain
+test: lint unit fuzz supply-chain e2e
 
 lint:
 	cargo fmt --all -- --check
