@@ -258,12 +258,20 @@ struct HostFacts {
     headers: std::cell::OnceCell<Vec<(String, Vec<u8>)>>,
 }
 
+impl HostFacts {
+    fn headers(&self) -> &[(String, Vec<u8>)] {
+        self.headers
+            .get_or_init(|| hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default())
+    }
+
+    fn has_header(&self, name: &str) -> bool {
+        self.headers().iter().any(|(key, _)| key.eq_ignore_ascii_case(name))
+    }
+}
+
 impl RequestFacts for HostFacts {
     fn header(&self, name: &str) -> Result<Option<Vec<u8>>, RepeatedHeader> {
-        let headers = self
-            .headers
-            .get_or_init(|| hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default());
-        let mut values = headers.iter().filter(|(key, _)| key.eq_ignore_ascii_case(name));
+        let mut values = self.headers().iter().filter(|(key, _)| key.eq_ignore_ascii_case(name));
         match (values.next(), values.next()) {
             (None, _) => Ok(None),
             (Some((_, value)), None) => Ok(Some(value.clone())),
@@ -348,12 +356,13 @@ impl McpRequest {
             Err(refusal) => return self.refuse(refusal),
         };
         let filter = self.filter.clone();
+        let facts = HostFacts::default();
         let sign_request = SignRequest {
             config: &filter.config,
             issuer: &issuer,
             call,
             route: &route,
-            facts: &HostFacts::default(),
+            facts: &facts,
         };
         let now = (started_us / 1_000_000) as u64;
         let token = {
@@ -373,8 +382,10 @@ impl McpRequest {
             }
         }
         if filter.config.strip_identity_headers {
+            // Only the identity headers present in the request cost a host call (the map was read for identity).
             for name in filter.config.identity_header_names() {
-                if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).is_err() {
+                if facts.has_header(name) && hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).is_err()
+                {
                     return self.refuse(Refusal::Internal("cannot remove an identity header"));
                 }
             }

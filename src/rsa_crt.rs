@@ -14,8 +14,7 @@
 
 use std::sync::Mutex;
 
-use crypto_bigint::modular::{BoxedMontyForm, BoxedMontyParams};
-use crypto_bigint::{BoxedUint, NonZero, Odd, Resize};
+use crypto_bigint::{BoxedUint, NonZero, Resize};
 use rsa::traits::{PrivateKeyParts, PublicKeyParts};
 use sha2::{Digest, Sha256};
 
@@ -46,6 +45,8 @@ struct Prime {
     r3: Limbs<P_LIMBS>,
     /// The CRT exponent (d mod (p-1)), big-endian, PRIME_BYTES long.
     exponent: Vec<u8>,
+    /// p - 2, big-endian: x^(p-2) = x^-1 mod p (Fermat), for the blinding inverse without a gcd.
+    p_minus_2: Vec<u8>,
 }
 
 struct Blinding {
@@ -63,7 +64,6 @@ pub struct RsaCrt2048 {
     /// q^-1 * R mod p.
     q_inv_r: Limbs<P_LIMBS>,
     n: Modulus<N_LIMBS>,
-    n_big: NonZero<BoxedUint>,
     n_r2: Limbs<N_LIMBS>,
     e: BoxedUint,
     e_bytes: Vec<u8>,
@@ -109,11 +109,12 @@ impl Prime {
             r2: limbs(&r2)?,
             r3: limbs(&r3)?,
             exponent: be_bytes(exponent, PRIME_BYTES),
+            p_minus_2: be_bytes(&prime.wrapping_sub(BoxedUint::from(2u64)), PRIME_BYTES),
         })
     }
 
-    /// c^exponent mod p for c < n, as canonical limbs.
-    fn exponentiate(&self, c: &Limbs<N_LIMBS>) -> Limbs<P_LIMBS> {
+    /// c^exponent mod p for c < 2^2072, as canonical limbs (constant time in c and the exponent).
+    fn exponentiate(&self, c: &Limbs<N_LIMBS>, exponent: &[u8]) -> Limbs<P_LIMBS> {
         let mut low = [0u32; P_LIMBS];
         let mut high = [0u32; P_LIMBS];
         low.copy_from_slice(&c[..P_LIMBS]);
@@ -121,7 +122,7 @@ impl Prime {
         let m = &self.modulus;
         // c * R = low * R + high * R^2 (mod p): the Montgomery form of c mod p, below 4p.
         let c_mont = montgomery::add(&m.mul(&low, &self.r2), &m.mul(&high, &self.r3));
-        let s = m.pow(&c_mont, &self.exponent, PRIME_BYTES * 8, &self.one);
+        let s = m.pow(&c_mont, exponent, PRIME_BYTES * 8, &self.one);
         let mut plain_one = [0u32; P_LIMBS];
         plain_one[0] = 1;
         m.reduce(&m.mul(&s, &plain_one))
@@ -165,7 +166,6 @@ impl RsaCrt2048 {
             n_r2: limbs(&r_n.mul_mod(&r_n, &n_big))?,
             e: wide(key.e()),
             e_bytes: key.e().to_be_bytes().to_vec(),
-            n_big,
             blinding: Mutex::new(Blinding {
                 r_pow_e: [0; N_LIMBS],
                 r_inv: [0; N_LIMBS],
@@ -175,34 +175,48 @@ impl RsaCrt2048 {
         Ok(signer)
     }
 
-    /// A fresh blinding pair from the OS random source: r uniform-ish in [1, n), r^e and r^-1 mod n.
+    /// A fresh blinding pair from the OS random source: r^e and r^-1 mod n for a random r. The inverse comes from
+    /// Fermat per prime (r^(p-2) mod p, r^(q-2) mod q, recombined), all on the constant-time Montgomery code: a
+    /// refresh costs about one signature, not the hundreds of milliseconds a 2048-bit gcd inverse takes in wasm.
     fn fresh_blinding(&self) -> Result<Blinding, KeyError> {
-        let params = BoxedMontyParams::new_vartime(
-            Odd::new(self.n_big.as_ref().clone())
-                .into_option()
-                .ok_or(KeyError::Sign)?,
-        );
+        let n = &self.n;
+        let mut plain_one = [0u32; N_LIMBS];
+        plain_one[0] = 1;
         for _ in 0..8 {
-            let mut bytes = [0u8; MODULUS_BYTES + 16];
+            let mut bytes = [0u8; MODULUS_BYTES];
             getrandom::fill(&mut bytes).map_err(|_| KeyError::Sign)?;
-            let r = BoxedUint::from_be_slice(&bytes, PRECISION)
-                .map_err(|_| KeyError::Sign)?
-                .rem(&self.n_big);
-            let Some(r_inv) = r.invert_mod(&self.n_big).into_option() else {
+            let r: Limbs<N_LIMBS> = montgomery::from_be_bytes(&bytes).ok_or(KeyError::Sign)?;
+            // r < 2^2048 < R, so r * R^2 * R^-1 = r R mod n: the Montgomery form of r mod n, then canonical r.
+            let r_mont = n.reduce(&n.mul(&r, &self.n_r2));
+            let r = n.reduce(&n.mul(&r_mont, &plain_one));
+            let r_pow_e = n.reduce(&n.pow_public(&r_mont, &self.e_bytes, self.e.bit_width() as usize));
+            let r_inv = self.recombine(
+                &self.p.exponentiate(&r, &self.p.p_minus_2),
+                &self.q.exponentiate(&r, &self.q.p_minus_2),
+            );
+            let r_inv_mont = n.reduce(&n.mul(&r_inv, &self.n_r2));
+            // r shares a factor with n with probability about 2^-1023; then r * r^-1 != 1: draw again.
+            if n.reduce(&n.mul(&r_mont, &r_inv)) != plain_one {
                 continue;
-            };
-            let r_pow_e = BoxedMontyForm::new(r, &params).pow(&self.e).retrieve();
-            let to_mont = |x: &BoxedUint| -> Result<Limbs<N_LIMBS>, KeyError> {
-                let x: Limbs<N_LIMBS> = limbs(x)?;
-                Ok(self.n.reduce(&self.n.mul(&x, &self.n_r2)))
-            };
+            }
             return Ok(Blinding {
-                r_pow_e: to_mont(&r_pow_e)?,
-                r_inv: to_mont(&r_inv)?,
+                r_pow_e,
+                r_inv: r_inv_mont,
                 uses: 0,
             });
         }
         Err(KeyError::Sign)
+    }
+
+    /// Garner's CRT recombination: the x < n with x = s_p mod p and x = s_q mod q (canonical inputs).
+    fn recombine(&self, s_p: &Limbs<P_LIMBS>, s_q: &Limbs<P_LIMBS>) -> Limbs<N_LIMBS> {
+        // h = (s_p - s_q) q^-1 mod p; x = s_q + h q. s_q < q < 2p, so s_p + 2p - s_q > 0.
+        let (difference, _) = montgomery::sub(&montgomery::add(s_p, &self.two_p), s_q);
+        let p = &self.p.modulus;
+        let h = p.reduce(&p.mul(&difference, &self.q_inv_r));
+        let mut s_q_wide = [0u32; N_LIMBS];
+        s_q_wide[..P_LIMBS].copy_from_slice(s_q);
+        montgomery::add(&montgomery::mul_wide::<P_LIMBS, N_LIMBS>(&h, &self.q_limbs), &s_q_wide)
     }
 
     /// RSASSA-PKCS1-v1_5 with SHA-256 (RFC 8017 section 8.2.1): the 256-byte signature of `message`.
@@ -224,15 +238,10 @@ impl RsaCrt2048 {
         let n = &self.n;
         // m < n (the encoding starts 00 01), so m * (r^e R) * R^-1 = m r^e mod n.
         let c = n.reduce(&n.mul(&m, &r_pow_e));
-        let s_p = self.p.exponentiate(&c);
-        let s_q = self.q.exponentiate(&c);
-        // Garner: h = (s_p - s_q) q^-1 mod p; s = s_q + h q. s_q < q < 2p, so s_p + 2p - s_q > 0.
-        let (difference, _) = montgomery::sub(&montgomery::add(&s_p, &self.two_p), &s_q);
-        let p = &self.p.modulus;
-        let h = p.reduce(&p.mul(&difference, &self.q_inv_r));
-        let mut s_q_wide = [0u32; N_LIMBS];
-        s_q_wide[..P_LIMBS].copy_from_slice(&s_q);
-        let blinded = montgomery::add(&montgomery::mul_wide::<P_LIMBS, N_LIMBS>(&h, &self.q_limbs), &s_q_wide);
+        let blinded = self.recombine(
+            &self.p.exponentiate(&c, &self.p.exponent),
+            &self.q.exponentiate(&c, &self.q.exponent),
+        );
         // Unblind: (m r^e)^d r^-1 = m^d.
         let s = n.reduce(&n.mul(&blinded, &r_inv));
         // Verify before release: s^e must give back m.
