@@ -42,19 +42,36 @@ enum KeyStore {
     /// Configured (plugin config or environment): fixed for the life of this configuration.
     Fixed(Rc<Signer>),
     /// Auto-generated and shared through Envoy's shared data. The cached copy is re-validated against the
-    /// shared value's CAS on use, so a worker that lost a start-up race converges on the published key.
+    /// shared value's CAS (on each of the first uses, then every `SHARED_KEY_RECHECK`th), so a worker that lost a
+    /// start-up race converges on the published key without copying the key out of shared data on every request.
     Shared {
         algorithm: Algorithm,
         name: String,
         cache: RefCell<Option<(u32, Rc<Signer>)>>,
+        uses: std::cell::Cell<u32>,
     },
 }
+
+/// After this many uses, the shared generated key is re-validated only every this many uses.
+const SHARED_KEY_RECHECK: u32 = 1024;
 
 impl KeyStore {
     fn signer(&self) -> Option<Rc<Signer>> {
         match self {
             KeyStore::Fixed(signer) => Some(signer.clone()),
-            KeyStore::Shared { algorithm, name, cache } => {
+            KeyStore::Shared {
+                algorithm,
+                name,
+                cache,
+                uses,
+            } => {
+                let used = uses.get();
+                uses.set(used.wrapping_add(1));
+                if used >= SHARED_KEY_RECHECK && used % SHARED_KEY_RECHECK != 0 {
+                    if let Some((_, signer)) = cache.borrow().as_ref() {
+                        return Some(signer.clone());
+                    }
+                }
                 let (bytes, cas) = match hostcalls::get_shared_data(name) {
                     Ok((Some(bytes), Some(cas))) => (bytes, cas),
                     _ => return cache.borrow().as_ref().map(|(_, s)| s.clone()),
@@ -166,6 +183,7 @@ impl RootContext for PluginRoot {
             plan: None,
             issuer: None,
             request_id: None,
+            headers: Vec::new(),
             finished: false,
         }))
     }
@@ -200,6 +218,7 @@ fn load(bytes: &[u8]) -> Result<Filter, String> {
                 algorithm: config.algorithm,
                 name,
                 cache: RefCell::new(None),
+                uses: std::cell::Cell::new(0),
             };
             let signer = store.signer().ok_or("the generated signing key could not be shared")?;
             log::warn!(
@@ -247,31 +266,26 @@ struct McpRequest {
     issuer: Option<crate::config::Issuer>,
     /// The JSON-RPC id of a single-message body, echoed by refusals decided after parsing.
     request_id: Option<Value>,
+    /// The request headers as they arrived (minus `authorization`), read in one host call.
+    headers: Vec<(String, Vec<u8>)>,
     /// A token was set or a local reply sent: nothing more to do.
     finished: bool,
 }
 
-/// Request facts read from Envoy on demand.
-#[derive(Default)]
-struct HostFacts {
-    /// All request headers, read once when a `header:` source first needs them (to see repeated headers).
-    headers: std::cell::OnceCell<Vec<(String, Vec<u8>)>>,
+/// Request facts: the request's headers (read once, when the headers arrive) and Envoy attributes on demand.
+struct HostFacts<'a> {
+    headers: &'a [(String, Vec<u8>)],
 }
 
-impl HostFacts {
-    fn headers(&self) -> &[(String, Vec<u8>)] {
-        self.headers
-            .get_or_init(|| hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default())
-    }
-
+impl HostFacts<'_> {
     fn has_header(&self, name: &str) -> bool {
-        self.headers().iter().any(|(key, _)| key.eq_ignore_ascii_case(name))
+        self.headers.iter().any(|(key, _)| key.eq_ignore_ascii_case(name))
     }
 }
 
-impl RequestFacts for HostFacts {
+impl RequestFacts for HostFacts<'_> {
     fn header(&self, name: &str) -> Result<Option<Vec<u8>>, RepeatedHeader> {
-        let mut values = self.headers().iter().filter(|(key, _)| key.eq_ignore_ascii_case(name));
+        let mut values = self.headers.iter().filter(|(key, _)| key.eq_ignore_ascii_case(name));
         match (values.next(), values.next()) {
             (None, _) => Ok(None),
             (Some((_, value)), None) => Ok(Some(value.clone())),
@@ -286,19 +300,15 @@ impl RequestFacts for HostFacts {
 }
 
 fn route_settings() -> Result<RouteSettings, Refusal> {
-    let read = |key: &str| {
-        hostcalls::get_property(vec![
-            "xds",
-            "route_metadata",
-            "filter_metadata",
-            ROUTE_METADATA_NAMESPACE,
-            key,
-        ])
-        .map_err(|_| Refusal::BadRouteMetadata("route metadata could not be read"))
-    };
-    let audience = read("audience")?;
-    let allowed_tools = read("allowed_tools")?;
-    RouteSettings::from_properties(audience.as_deref(), allowed_tools.as_deref())
+    // One host call for the whole namespace (a map of `audience` and `allowed_tools`).
+    let raw = hostcalls::get_property(vec![
+        "xds",
+        "route_metadata",
+        "filter_metadata",
+        ROUTE_METADATA_NAMESPACE,
+    ])
+    .map_err(|_| Refusal::BadRouteMetadata("route metadata could not be read"))?;
+    RouteSettings::from_namespace(raw.as_deref())
 }
 
 fn now_micros() -> Option<u128> {
@@ -307,12 +317,6 @@ fn now_micros() -> Option<u128> {
         .duration_since(UNIX_EPOCH)
         .ok()
         .map(|d| d.as_micros())
-}
-
-fn request_header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
 }
 
 impl McpRequest {
@@ -356,7 +360,7 @@ impl McpRequest {
             Err(refusal) => return self.refuse(refusal),
         };
         let filter = self.filter.clone();
-        let facts = HostFacts::default();
+        let facts = HostFacts { headers: &self.headers };
         let sign_request = SignRequest {
             config: &filter.config,
             issuer: &issuer,
@@ -403,27 +407,45 @@ impl Context for McpRequest {}
 
 impl HttpContext for McpRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        // No token passthrough: whatever the client sent is dropped before anything else happens.
-        if hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", None).is_err() {
-            return self.refuse(Refusal::Internal("cannot remove the client's authorization header"));
+        self.headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        // No token passthrough: whatever the client sent (every copy) is dropped before anything else happens.
+        if self
+            .headers
+            .iter()
+            .any(|(key, _)| key.eq_ignore_ascii_case("authorization"))
+        {
+            if hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", None).is_err() {
+                return self.refuse(Refusal::Internal("cannot remove the client's authorization header"));
+            }
+            self.headers
+                .retain(|(key, _)| !key.eq_ignore_ascii_case("authorization"));
         }
-        let method = request_header(":method").unwrap_or_default();
-        let path = request_header(":path").unwrap_or_default();
-        let scheme = request_header(":scheme").unwrap_or_default();
-        let authority = request_header(":authority").unwrap_or_default();
-        let content_length = request_header("content-length");
-        let content_encoding = request_header("content-encoding");
-
+        let header = |name: &str| -> Option<&[u8]> {
+            self.headers
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.as_slice())
+        };
+        let content_encoding: Vec<&[u8]> = self
+            .headers
+            .iter()
+            .filter(|(key, _)| key == "content-encoding")
+            .map(|(_, value)| value.as_slice())
+            .collect();
         let config = &self.filter.config;
-        let issuer = match request::issuer_for(config, &scheme, &authority) {
+        let issuer = match request::issuer_for(
+            config,
+            header(":scheme").unwrap_or_default(),
+            header(":authority").unwrap_or_default(),
+        ) {
             Ok(issuer) => issuer,
             Err(refusal) => return self.refuse(refusal),
         };
         let head = RequestHead {
-            method: &method,
-            path: &path,
-            content_length: content_length.as_deref(),
-            content_encoding: content_encoding.as_deref(),
+            method: header(":method").unwrap_or_default(),
+            path: header(":path").unwrap_or_default(),
+            content_length: header("content-length"),
+            content_encoding: &content_encoding,
             end_of_stream,
         };
         let decision = request::on_headers(&head, &issuer.path, config.max_body_bytes);

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeSet;
 
+use serde_json::Value;
+
 use crate::cache::{Lookup, TokenCache};
 use crate::claims::{self, Call, ClaimInputs, TimelessClaims};
 use crate::config::{Config, Issuer};
@@ -21,7 +23,8 @@ pub struct RequestHead<'a> {
     pub method: &'a [u8],
     pub path: &'a [u8],
     pub content_length: Option<&'a [u8]>,
-    pub content_encoding: Option<&'a [u8]>,
+    /// Every `content-encoding` value (a repeated header must not hide a second encoding behind `identity`).
+    pub content_encoding: &'a [&'a [u8]],
     /// The headers were the whole request (no body follows).
     pub end_of_stream: bool,
 }
@@ -64,10 +67,12 @@ pub fn on_headers(head: &RequestHead<'_>, issuer_path: &str, max_body_bytes: usi
         b"DELETE" => BodyPlan::MustBeEmpty(Call::SessionDelete),
         _ => return HeadDecision::Refuse(Refusal::MethodNotAllowed { allow: ALLOWED_METHODS }),
     };
-    if let Some(encoding) = head.content_encoding {
-        if !is_identity_encoding(encoding) {
-            return HeadDecision::Refuse(Refusal::UnsupportedEncoding);
-        }
+    if head
+        .content_encoding
+        .iter()
+        .any(|encoding| !is_identity_encoding(encoding))
+    {
+        return HeadDecision::Refuse(Refusal::UnsupportedEncoding);
     }
     if let Some(length) = head.content_length {
         match parse_content_length(length) {
@@ -174,22 +179,51 @@ pub struct RouteSettings {
 pub const ROUTE_METADATA_NAMESPACE: &str = "mcp_jwt_signer";
 
 impl RouteSettings {
-    /// Decodes the two attribute values Envoy returned (`None`: not set on the route).
+    /// Decodes the route's whole metadata namespace for this filter (`None`: the route sets none). Unknown keys
+    /// are refused: a typo such as `audiance` must not silently mint tokens for the plugin's audience.
+    pub fn from_namespace(raw: Option<&[u8]>) -> Result<RouteSettings, Refusal> {
+        let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+            return Ok(RouteSettings::default());
+        };
+        let Some(Value::Object(map)) = property::decode(raw) else {
+            return Err(Refusal::BadRouteMetadata(
+                "route metadata `mcp_jwt_signer` must be a map",
+            ));
+        };
+        if map.keys().any(|k| k != "audience" && k != "allowed_tools") {
+            return Err(Refusal::BadRouteMetadata(
+                "route metadata `mcp_jwt_signer` has a key other than `audience` and `allowed_tools`",
+            ));
+        }
+        Self::from_values(map.get("audience"), map.get("allowed_tools"))
+    }
+
+    /// Decodes the two attribute values as Envoy returns them one by one (`None`: not set on the route).
     pub fn from_properties(audience: Option<&[u8]>, allowed_tools: Option<&[u8]>) -> Result<RouteSettings, Refusal> {
+        let decode = |raw: Option<&[u8]>, what: &'static str| -> Result<Option<Value>, Refusal> {
+            match raw {
+                None | Some([]) => Ok(None),
+                Some(raw) => property::decode(raw).map(Some).ok_or(Refusal::BadRouteMetadata(what)),
+            }
+        };
+        let audience = decode(audience, "route metadata `audience` must be a string")?;
+        let allowed_tools = decode(allowed_tools, "route metadata `allowed_tools` must be a list")?;
+        Self::from_values(audience.as_ref(), allowed_tools.as_ref())
+    }
+
+    fn from_values(audience: Option<&Value>, allowed_tools: Option<&Value>) -> Result<RouteSettings, Refusal> {
         let audience = match audience {
-            None | Some([]) => None,
-            Some(raw) => match property::decode(raw) {
-                Some(serde_json::Value::String(aud)) if !aud.chars().any(char::is_control) => Some(aud),
-                _ => return Err(Refusal::BadRouteMetadata("route metadata `audience` must be a string")),
-            },
+            None => None,
+            Some(Value::String(aud)) if !aud.is_empty() && !aud.chars().any(char::is_control) => Some(aud.clone()),
+            Some(_) => return Err(Refusal::BadRouteMetadata("route metadata `audience` must be a string")),
         };
         let allowed_tools = match allowed_tools {
-            None | Some([]) => None,
-            Some(raw) => {
-                let tools = match property::decode(raw) {
-                    Some(serde_json::Value::Array(items)) => items,
-                    // A one-element list and a string are told apart by shape; accept a single name too.
-                    Some(serde_json::Value::String(one)) => vec![serde_json::Value::String(one)],
+            None => None,
+            Some(value) => {
+                let tools = match value {
+                    Value::Array(items) => items.as_slice(),
+                    // A one-element list and a string are told apart by shape only; accept a single name too.
+                    Value::String(_) => std::slice::from_ref(value),
                     _ => {
                         return Err(Refusal::BadRouteMetadata(
                             "route metadata `allowed_tools` must be a list",
@@ -197,7 +231,7 @@ impl RouteSettings {
                     }
                 };
                 let names: Option<BTreeSet<String>> = tools
-                    .into_iter()
+                    .iter()
                     .map(|t| t.as_str().filter(|n| mcp::is_valid_tool_name(n)).map(str::to_string))
                     .collect();
                 Some(names.ok_or(Refusal::BadRouteMetadata(
@@ -362,13 +396,19 @@ mod tests {
         );
         h.content_length = Some(b"10");
         assert_eq!(on_headers(&h, "", 10), HeadDecision::AwaitBody(BodyPlan::JsonRpc));
-        h.content_encoding = Some(b"gzip");
+        h.content_encoding = &[b"gzip"];
         assert_eq!(
             on_headers(&h, "", 10),
             HeadDecision::Refuse(Refusal::UnsupportedEncoding)
         );
-        h.content_encoding = Some(b"Identity");
+        h.content_encoding = &[b"Identity"];
         assert_eq!(on_headers(&h, "", 10), HeadDecision::AwaitBody(BodyPlan::JsonRpc));
+        // A repeated header cannot hide an encoding behind `identity`.
+        h.content_encoding = &[b"identity", b"gzip"];
+        assert_eq!(
+            on_headers(&h, "", 10),
+            HeadDecision::Refuse(Refusal::UnsupportedEncoding)
+        );
     }
 
     #[test]
@@ -526,6 +566,33 @@ mod tests {
                     &Facts::default()
                 )
                 .is_ok());
+        }
+
+        #[test]
+        fn route_namespace_decoding() {
+            // {"audience": "https://a", "allowed_tools": ["x", "y"]} as Envoy encodes it.
+            fn pairs(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
+                let mut out = (entries.len() as u32).to_le_bytes().to_vec();
+                for (k, v) in entries {
+                    out.extend((k.len() as u32).to_le_bytes());
+                    out.extend((v.len() as u32).to_le_bytes());
+                }
+                for (k, v) in entries {
+                    out.extend(*k);
+                    out.push(0);
+                    out.extend(*v);
+                    out.push(0);
+                }
+                out
+            }
+            let tools = pairs(&[(b"x", b""), (b"y", b"")]);
+            let ns = pairs(&[(b"audience", b"https://a"), (b"allowed_tools", &tools)]);
+            let r = RouteSettings::from_namespace(Some(&ns)).unwrap();
+            assert_eq!(r.audience.as_deref(), Some("https://a"));
+            assert_eq!(r.allowed_tools.unwrap().len(), 2);
+            assert_eq!(RouteSettings::from_namespace(None).unwrap(), RouteSettings::default());
+            let typo = pairs(&[(b"audiance", b"https://a")]);
+            assert!(RouteSettings::from_namespace(Some(&typo)).is_err());
         }
 
         #[test]
