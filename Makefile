@@ -61,7 +61,7 @@ supply-chain:
 
 ## bench: Envoy alone vs Envoy + filter (warm, cold) at --concurrency 1 and 2, plus the mint cost vs OpenSSL
 bench: build venv
-	$(VPY) scripts/bench.py
+	$(VPY) scripts/bench.py $(BENCH_ARGS)
 
 ## oci: the filter as an OCI image layout (FROM scratch + plugin.wasm, and the Wasm artifact variant), no Docker
 oci: build

@@ -1,0 +1,51 @@
+-- wrk script for scripts/bench.py: one MCP `tools/call` POST per request.
+--
+--   wrk ... -s scripts/bench.lua -- <mode> <prefix>
+--
+-- mode "fixed": every request carries the same x-user-id (the filter's token cache answers after the first mint).
+-- mode "vary":  every request carries a new x-user-id, <prefix>-<thread>-<n>, so the filter mints for every request.
+--               bench.py passes a fresh <prefix> to every wrk run, so a measured run never reuses a warm-up user.
+-- Both modes build the request the same way (same Lua work per request), so the load generator's cost is equal.
+--
+-- At the end one line `BENCH_JSON {...}` carries what bench.py reads: requests, duration, errors and latency
+-- percentiles in microseconds.
+
+local threads = {}
+
+function setup(thread)
+   table.insert(threads, thread)
+   thread:set("tid", #threads)
+end
+
+function init(args)
+   mode = args[1] or "fixed"
+   prefix = args[2] or "bench"
+   n = 0
+   body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather","arguments":{"city":"Paris"}}}'
+   headers = {
+      ["Content-Type"] = "application/json",
+      ["Accept"] = "application/json, text/event-stream",
+      ["x-user-id"] = "bench-user",
+   }
+end
+
+function request()
+   n = n + 1
+   if mode == "vary" then
+      headers["x-user-id"] = prefix .. "-" .. tid .. "-" .. n
+   else
+      headers["x-user-id"] = "bench-user"
+   end
+   return wrk.format("POST", "/mcp", headers, body)
+end
+
+function done(summary, latency, requests)
+   local e = summary.errors
+   io.write(string.format(
+      'BENCH_JSON {"requests": %d, "duration_us": %d, "bytes": %d, ' ..
+      '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, ' ..
+      '"latency_us": {"p50": %d, "p90": %d, "p99": %d, "max": %d, "mean": %.1f}}\n',
+      summary.requests, summary.duration, summary.bytes,
+      e.connect, e.read, e.write, e.status, e.timeout,
+      latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end

