@@ -228,6 +228,7 @@ class UpstreamEnvoy:
     """The fast upstream as its own Envoy process (`--upstream separate`), one worker, for the whole run."""
 
     def __init__(self, harness, envoy_bin: str, run_dir: Path):
+        self.harness = harness
         import yaml
 
         self.port, admin = harness.free_port(), harness.free_port()
@@ -258,13 +259,7 @@ class UpstreamEnvoy:
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        self.harness.stop_process(self.proc)
 
 
 def base_plugin_config(harness) -> dict:

@@ -53,6 +53,18 @@ def rpc(method, params=None, id=1):  # noqa: A002 - JSON-RPC's own name
     return msg
 
 
+def stop_process(proc, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it is still running after `timeout` seconds; a finished process is left alone."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

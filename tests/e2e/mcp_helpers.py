@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from harness import JWKS_SUFFIX, REPO, b64url_decode, b64url_uint, free_port, load_envoy_yaml, rfc7638_thumbprint, \
+from harness import stop_process, JWKS_SUFFIX, REPO, b64url_decode, b64url_uint, free_port, load_envoy_yaml, rfc7638_thumbprint, \
     wasm_filter_config
 
 WEATHER_SERVER = REPO / "examples" / "weather_server.py"
@@ -265,14 +265,7 @@ class ExampleServer:
             return ""
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
 
 class WeatherServer(ExampleServer):
