@@ -506,6 +506,17 @@ impl HttpContext for McpRequest {
                 if let Call::Messages(messages) = &call {
                     self.request_id = messages.id.clone();
                 }
+                let values = |name: &str| -> Vec<&[u8]> {
+                    self.headers
+                        .iter()
+                        .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+                        .map(|(_, value)| value.as_slice())
+                        .collect()
+                };
+                if let Err(refusal) = request::check_routing_headers(&call, &values("mcp-method"), &values("mcp-name"))
+                {
+                    return self.refuse(refusal);
+                }
                 self.sign(&call)
             }
             Err(refusal) => self.refuse(refusal),

@@ -27,6 +27,8 @@ pub struct McpCall {
     pub has_responses: bool,
     /// The id of a single (non-batch) message, echoed in error replies.
     pub id: Option<Value>,
+    /// The body is a JSON-RPC batch (an array).
+    pub batch: bool,
 }
 
 /// Why a body was refused; maps onto JSON-RPC error codes.
@@ -68,6 +70,7 @@ pub fn parse_body(body: &[u8]) -> Result<McpCall, McpError> {
     let mut call = McpCall::default();
     match value {
         Value::Array(items) => {
+            call.batch = true;
             if items.is_empty() {
                 return Err(McpError::InvalidRequest {
                     id: None,

@@ -27,6 +27,8 @@ pub enum Refusal {
     Identity(IdentityError),
     /// No issuer is configured and the request's `:authority` cannot be one.
     BadAuthority,
+    /// An MCP routing header (`mcp-method`, `mcp-name`) disagrees with the body it travels with.
+    HeaderMismatch(&'static str),
     /// `require_subject` is on and no identity source named a user.
     Unauthenticated,
     /// A claim listed in `required_claims` is missing from the verified identity.
@@ -45,7 +47,7 @@ impl Refusal {
     pub fn status(&self) -> u32 {
         match self {
             Refusal::Body(_) | Refusal::UnexpectedBody | Refusal::UnexpectedTrailers => 400,
-            Refusal::Identity(_) | Refusal::BadAuthority => 400,
+            Refusal::Identity(_) | Refusal::BadAuthority | Refusal::HeaderMismatch(_) => 400,
             Refusal::Unauthenticated => 401,
             Refusal::MissingClaim(_) | Refusal::ToolNotAllowed(_) => 403,
             Refusal::BadRouteMetadata(_) => 500,
@@ -63,6 +65,8 @@ impl Refusal {
             Refusal::Body(McpError::Parse(_)) => -32700,
             Refusal::Body(McpError::InvalidParams { .. }) => -32602,
             Refusal::Unauthenticated => -32001,
+            // MCP's own code for a routing header that does not match the body.
+            Refusal::HeaderMismatch(_) => -32020,
             Refusal::MissingClaim(_) | Refusal::ToolNotAllowed(_) => -32003,
             Refusal::KeyUnavailable | Refusal::Internal(_) | Refusal::BadRouteMetadata(_) => -32603,
             _ => -32600,
@@ -82,6 +86,7 @@ impl Refusal {
             Refusal::UnexpectedTrailers => "unexpected_trailers",
             Refusal::Identity(_) => "invalid_identity",
             Refusal::BadAuthority => "invalid_authority",
+            Refusal::HeaderMismatch(_) => "header_mismatch",
             Refusal::Unauthenticated => "unauthenticated",
             Refusal::MissingClaim(_) => "missing_required_claim",
             Refusal::ToolNotAllowed(_) => "tool_not_allowed",
@@ -115,6 +120,7 @@ impl Refusal {
             Refusal::UnexpectedTrailers => "request trailers are not supported".into(),
             Refusal::Identity(e) => format!("invalid identity: {e}"),
             Refusal::BadAuthority => "the request's :authority is not a valid host".into(),
+            Refusal::HeaderMismatch(what) => format!("header mismatch: {what}"),
             Refusal::Unauthenticated => "authentication required: no user identity for this request".into(),
             Refusal::MissingClaim(claim) => {
                 format!("forbidden: required claim `{claim}` is missing")

@@ -874,3 +874,36 @@ def test_gateway_still_healthy_after_the_onslaught(gw):
     assert claims["sub"] == "alice"
     r = requests.get(gw.url + JWKS_SUFFIX, timeout=5)
     assert r.status_code == 200
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MCP routing headers (mcp-method, mcp-name) that disagree with the body the token is scoped from
+# ----------------------------------------------------------------------------------------------------------------
+ROUTING_MISMATCHES = [
+    ("method-names-another-method", {"mcp-method": "tools/list"}),
+    ("name-names-another-tool", {"mcp-method": "tools/call", "mcp-name": "delete_everything"}),
+    ("name-without-method", {"mcp-name": "delete_everything"}),
+    ("method-case-differs", {"mcp-method": "Tools/Call"}),
+]
+
+
+@pytest.mark.parametrize("headers", [c[1] for c in ROUTING_MISMATCHES], ids=[c[0] for c in ROUTING_MISMATCHES])
+def test_routing_headers_that_disagree_with_the_body_are_refused(gw, headers):
+    r = post(gw, tools_call(b'"get_weather"'), headers)
+    assert_refused(gw, r, 400, -32020, 7)
+
+
+def test_repeated_routing_header_is_refused(gw):
+    body = tools_call(b'"get_weather"')
+    headers = [*MCP_HEADERS.items(), ("mcp-method", "tools/call"), ("mcp-method", "tools/call"),
+               ("content-length", str(len(body)))]
+    (response,) = read_responses(gw, request_head("POST", "/mcp", headers) + body, 1)
+    assert_refused(gw, response, 400, -32020, 7)
+
+
+def test_matching_routing_headers_are_signed(gw):
+    body = tools_call(b'"get_weather"')
+    r = post(gw, body, {"mcp-method": "tools/call", "mcp-name": "get_weather"})
+    assert r[0] == 200, r
+    _, claims = forwarded_claims(gw, body)
+    assert scope_set(claims) == {"mcp:tools/call", "mcp:tools/get_weather:call"}
