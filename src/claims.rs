@@ -99,9 +99,9 @@ impl TimelessClaims {
         TimelessClaims(claims)
     }
 
-    /// Canonical text for cache lookups.
-    pub fn cache_key(&self) -> String {
-        Value::Object(self.0.clone()).to_string()
+    /// Canonical text for cache lookups (`None` if it cannot be serialised: then the token is not cached).
+    pub fn cache_key(&self) -> Option<String> {
+        serde_json::to_string(&self.0).ok()
     }
 
     /// The final claim set: time and `jti` stamped, then the operator's overrides and removals.

@@ -346,12 +346,12 @@ pub fn token_for(
     let timeless = authorize(req)?;
     // The key includes the signing key's id: after a key change no token of the old key is served.
     let key = if cache.enabled() {
-        format!("{}|{}", signer.kid(), timeless.cache_key())
+        timeless.cache_key().map(|claims| format!("{}|{claims}", signer.kid()))
     } else {
-        String::new()
+        None
     };
-    if cache.enabled() {
-        if let Lookup::Hit(jwt) = cache.get(&key, now) {
+    if let Some(key) = &key {
+        if let Lookup::Hit(jwt) = cache.get(key, now) {
             return Ok(Token { jwt, from_cache: true });
         }
     }
@@ -359,7 +359,7 @@ pub fn token_for(
     let claims = timeless.stamp(now, req.config.ttl_seconds, jti, &req.config.claims);
     let exp = claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(now);
     let jwt = jwt::encode(&claims, signer).map_err(|_| Refusal::Internal("signing failed"))?;
-    if cache.enabled() {
+    if let Some(key) = key {
         cache.insert(key, jwt.clone(), exp);
     }
     Ok(Token { jwt, from_cache: false })
