@@ -5,11 +5,11 @@
 use std::fmt;
 
 use p256::ecdsa::signature::{RandomizedSigner, Signer};
-use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use p256::pkcs8::DecodePrivateKey;
 use sha2::{Digest, Sha256};
 
 use crate::b64;
-use crate::keys::{Jwk, KeyError};
+use crate::keys::{pkcs8_der, Jwk, KeyError};
 
 /// ECDSA over P-256; signatures are hedged (RFC 6979 nonce mixed with fresh randomness) and constant time.
 pub struct Es256Signer {
@@ -106,11 +106,7 @@ impl Es256Signer {
     }
 
     pub fn to_pkcs8_der(&self) -> Result<Vec<u8>, KeyError> {
-        let doc = self
-            .key
-            .to_pkcs8_der()
-            .map_err(|_| KeyError::Malformed("PKCS#8 encoding"))?;
-        Ok(doc.as_bytes().to_vec())
+        pkcs8_der(&self.key)
     }
 
     pub fn jwk(&self) -> &Jwk {
@@ -156,11 +152,7 @@ impl Ed25519Signer {
     }
 
     pub fn to_pkcs8_der(&self) -> Result<Vec<u8>, KeyError> {
-        let doc = self
-            .key
-            .to_pkcs8_der()
-            .map_err(|_| KeyError::Malformed("PKCS#8 encoding"))?;
-        Ok(doc.as_bytes().to_vec())
+        pkcs8_der(&self.key)
     }
 
     pub fn jwk(&self) -> &Jwk {

@@ -137,11 +137,7 @@ impl RsaSigner {
 
     /// The key as PKCS#8 DER (to share a generated key with other workers through Envoy's shared data).
     pub fn to_pkcs8_der(&self) -> Result<Vec<u8>, KeyError> {
-        let doc = self
-            .key
-            .to_pkcs8_der()
-            .map_err(|_| KeyError::Malformed("PKCS#8 encoding"))?;
-        Ok(doc.as_bytes().to_vec())
+        pkcs8_der(&self.key)
     }
 
     pub fn jwk(&self) -> &Jwk {
@@ -168,6 +164,12 @@ impl RsaSigner {
             .map_err(|_| KeyError::Sign)?;
         Ok(Box::<[u8]>::from(signature).into_vec())
     }
+}
+
+/// Any private key as PKCS#8 DER bytes (RSA, P-256 and Ed25519 keys all implement the one `pkcs8` trait).
+pub fn pkcs8_der(key: &impl EncodePrivateKey) -> Result<Vec<u8>, KeyError> {
+    let doc = key.to_pkcs8_der().map_err(|_| KeyError::Malformed("PKCS#8 encoding"))?;
+    Ok(doc.as_bytes().to_vec())
 }
 
 /// The RS256 JWK of an RSA public key given as big-endian modulus and exponent.

@@ -116,12 +116,12 @@ pub fn as_identity_text(value: &Value) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
     /// Encodes like Envoy does, for tests.
-    fn pairs(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
+    pub(crate) fn pairs(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
         let mut out = (entries.len() as u32).to_le_bytes().to_vec();
         for (k, v) in entries {
             out.extend((k.len() as u32).to_le_bytes());

@@ -637,20 +637,7 @@ mod tests {
         #[test]
         fn route_namespace_decoding() {
             // {"audience": "https://a", "allowed_tools": ["x", "y"]} as Envoy encodes it.
-            fn pairs(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
-                let mut out = (entries.len() as u32).to_le_bytes().to_vec();
-                for (k, v) in entries {
-                    out.extend((k.len() as u32).to_le_bytes());
-                    out.extend((v.len() as u32).to_le_bytes());
-                }
-                for (k, v) in entries {
-                    out.extend(*k);
-                    out.push(0);
-                    out.extend(*v);
-                    out.push(0);
-                }
-                out
-            }
+            use crate::property::tests::pairs;
             let tools = pairs(&[(b"x", b""), (b"y", b"")]);
             let ns = pairs(&[(b"audience", b"https://a"), (b"allowed_tools", &tools)]);
             let r = RouteSettings::from_namespace(Some(&ns)).unwrap();
