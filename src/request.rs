@@ -577,18 +577,11 @@ mod tests {
                 r#"{"identity":{"subject":["jwt:sub","header:x-user-id"],"actor":["jwt:team"]},
                     "copy_claims":{"groups":"jwt:groups"}}"#,
             );
-            let groups = [
-                2u32.to_le_bytes(),
-                1u32.to_le_bytes(),
-                0u32.to_le_bytes(),
-                1u32.to_le_bytes(),
-                0u32.to_le_bytes(),
-            ]
-            .concat();
+            let groups = crate::property::tests::pairs(&[(b"a", b""), (b"b", b"")]);
             let facts = Facts::default()
                 .jwt_claim("sub", b"user-7")
                 .jwt_claim("team", b"blue")
-                .jwt_claim("groups", &[groups, b"a\0\0b\0\0".to_vec()].concat())
+                .jwt_claim("groups", &groups)
                 .header("x-user-id", b"admin");
             let c = s.authorize(&tools_call("t"), &facts).unwrap().0;
             assert_eq!(c["sub"], "user-7");
@@ -650,15 +643,7 @@ mod tests {
 
         #[test]
         fn route_settings_decoding() {
-            let list = [
-                2u32.to_le_bytes(),
-                1u32.to_le_bytes(),
-                0u32.to_le_bytes(),
-                1u32.to_le_bytes(),
-                0u32.to_le_bytes(),
-            ]
-            .concat();
-            let list = [list, b"a\0\0b\0\0".to_vec()].concat();
+            let list = crate::property::tests::pairs(&[(b"a", b""), (b"b", b"")]);
             let r = RouteSettings::from_properties(None, Some(&list)).unwrap();
             assert_eq!(r.allowed_tools.unwrap().len(), 2);
             assert_eq!(

@@ -38,6 +38,8 @@ WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wa
 JWKS_SUFFIX = "/.well-known/jwks.json"
 DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
 STARTUP_TIMEOUT = 30.0
+# What an MCP Streamable HTTP client sends with every POST.
+MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import pytest
 import requests
 
 from harness import (
+    MCP_HEADERS,
     DISCOVERY_SUFFIX,
     JWKS_SUFFIX,
     load_envoy_yaml,
@@ -39,7 +40,6 @@ NOT_FORWARDED_WAIT = 0.1  # a wrongly forwarded request is recorded upstream wit
 PARSE, INVALID_REQUEST, INVALID_PARAMS = -32700, -32600, -32602
 ALLOW_MCP = "GET, POST, DELETE"
 ALLOW_WELL_KNOWN = "GET, HEAD"
-MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 
 
 # ----------------------------------------------------------------------------------------------------------------

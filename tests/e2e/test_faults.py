@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from harness import (
+    MCP_HEADERS,
     JWKS_SUFFIX,
     REPO,
     WASM,
@@ -66,7 +67,6 @@ from harness import (
 )
 from recording_upstream import RecordingUpstream
 
-MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 IDENTITY = {"subject": ["header:x-user-id"]}
 PREFIX = "wasmcustom.mcp_jwt_signer."
 SLOW_ROUTE_TIMEOUT = "1s"

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from harness import (
+    MCP_HEADERS,
     JWKS_SUFFIX,
     b64url_uint,
     free_port,
@@ -41,7 +42,6 @@ from harness import (
 )
 from recording_upstream import RecordingUpstream
 
-MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 NOT_FORWARDED_WAIT = 0.15  # seconds to wait for a (wrongly) forwarded request to show up upstream
 
 IDP_ISSUER = "https://idp.example.com"

@@ -58,7 +58,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from harness import DISCOVERY_SUFFIX, JWKS_SUFFIX, REPO, WASM, rpc, start_envoy
+from harness import MCP_HEADERS, DISCOVERY_SUFFIX, JWKS_SUFFIX, REPO, WASM, rpc, start_envoy
 from recording_upstream import RecordingUpstream
 
 DEPLOY = REPO / "deploy" / "istio"
@@ -77,7 +77,6 @@ KEY_SECRET = "mcp-jwt-signer-key"
 # chosen): a body past it gets Envoy's own plain 413 before the filter can answer, so max_body_bytes must stay below.
 ENVOY_DEFAULT_BUFFER_LIMIT = 1024 * 1024
 KUBERNETES_VERSIONS = ("1.30", "1.37")
-MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 SPIFFE_ID = "spiffe://cluster.local/ns/app/sa/client"
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -24,7 +24,7 @@ import jwt
 import pytest
 import requests
 
-from harness import free_port, rpc, start_envoy, verify_with_discovery
+from harness import MCP_HEADERS, free_port, rpc, start_envoy, verify_with_discovery
 from mcp_helpers import (
     FLUSH_ARGS,
     VERIFIER_HEALTH_PATH,
@@ -47,7 +47,6 @@ from mcp_helpers import (
 from recording_upstream import RecordingUpstream
 
 USER = {"x-user-id": "carol", "x-user-email": "carol@example.com", "x-team-id": "team-green"}
-MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 ALLOWED = "http.mcp_ingress.jwt_authn.allowed"
 DENIED = "http.mcp_ingress.jwt_authn.denied"
 JWKS_FETCHES = "cluster.mcp_gateway_jwks.upstream_rq_200"

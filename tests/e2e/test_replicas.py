@@ -16,11 +16,10 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from harness import JWKS_SUFFIX, b64url_uint, rfc7638_thumbprint, rpc, start_envoy
+from harness import MCP_HEADERS, JWKS_SUFFIX, b64url_uint, rfc7638_thumbprint, rpc, start_envoy
 from recording_upstream import RecordingUpstream
 
 KEY_ENV = "MCP_JWT_SIGNING_KEY"
-MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 # One issuer for every replica, as in deploy/istio (the public host where the JWKS is served).
 PLUGIN = {
     "issuer": "https://mcp.example.com",

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from harness import (
+    MCP_HEADERS,
     DISCOVERY_SUFFIX,
     JWKS_SUFFIX,
     REPO,
@@ -39,7 +40,6 @@ from harness import (
     wasm_filter_config,
 )
 
-MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 NOT_FORWARDED_WAIT = 0.15  # seconds to wait for a (wrongly) forwarded request to show up upstream
 
 
