@@ -15,6 +15,7 @@ struct Entry {
     tick: u64,
 }
 
+/// The cache of one worker.
 pub struct TokenCache {
     config: TokenCacheConfig,
     entries: HashMap<String, Entry>,
@@ -27,11 +28,14 @@ pub struct TokenCache {
 /// What a lookup found, for metrics.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup {
+    /// A token with enough life left.
     Hit(String),
+    /// None (or a stale one, now dropped).
     Miss,
 }
 
 impl TokenCache {
+    /// An empty cache.
     pub fn new(config: TokenCacheConfig) -> TokenCache {
         TokenCache {
             config,
@@ -42,18 +46,22 @@ impl TokenCache {
         }
     }
 
+    /// Whether the cache stores anything (`max_entries` > 0).
     pub fn enabled(&self) -> bool {
         self.config.max_entries > 0
     }
 
+    /// Entries held.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// No entry held.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// Bytes accounted for.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -79,6 +87,7 @@ impl TokenCache {
         Lookup::Hit(entry.token.clone())
     }
 
+    /// Stores `token` under `key` until `exp`, evicting the least recently used entries to make room.
     pub fn insert(&mut self, key: String, token: String, exp: u64) {
         if !self.enabled() {
             return;

@@ -57,11 +57,15 @@ pub fn scope(call: &Call) -> String {
 
 /// Everything a claim set is made of except time and `jti`.
 pub struct ClaimInputs<'a> {
+    /// `iss`.
     pub issuer: &'a str,
+    /// `aud`.
     pub audience: &'a str,
     /// `actor` from the configuration: `act.sub` without a team/org, and `sub` without a user.
     pub default_actor: &'a str,
+    /// Who is calling.
     pub identity: &'a Identity,
+    /// The least-privilege scope.
     pub scope: String,
     /// Values for `copy_claims`, in order (already resolved).
     pub copied: Vec<(String, Value)>,
@@ -73,6 +77,7 @@ pub struct ClaimInputs<'a> {
 pub struct TimelessClaims(pub Map<String, Value>);
 
 impl TimelessClaims {
+    /// The claim set for `inputs`, with `add_claims` applied.
     pub fn build(inputs: ClaimInputs<'_>, shaping: &ClaimShaping) -> TimelessClaims {
         let id = inputs.identity;
         let mut claims = Map::new();
@@ -125,7 +130,7 @@ impl TimelessClaims {
 pub fn new_jti() -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)?;
-    Ok(crate::b64::encode(bytes))
+    Ok(crate::crypto::b64::encode(bytes))
 }
 
 #[cfg(test)]

@@ -9,16 +9,23 @@ use serde_json::{json, Value};
 use crate::identity::IdentityError;
 use crate::mcp::McpError;
 
+/// Why a request is refused. Each maps to an HTTP status, a JSON-RPC error code and a stable reason.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Refusal {
     /// The body is not an MCP request we will sign.
     Body(McpError),
     /// The body is larger than `max_body_bytes`.
-    BodyTooLarge { limit: usize },
+    BodyTooLarge {
+        /// `max_body_bytes`.
+        limit: usize,
+    },
     /// A `content-encoding` the filter cannot read (it must see the JSON it scopes).
     UnsupportedEncoding,
     /// An HTTP method MCP's Streamable HTTP transport does not use.
-    MethodNotAllowed { allow: &'static str },
+    MethodNotAllowed {
+        /// The `allow` header.
+        allow: &'static str,
+    },
     /// A GET or DELETE with a body: MCP sends none, and the server must not see bytes we did not read.
     UnexpectedBody,
     /// Request trailers: MCP sends none, and they would arrive after the token was decided.
@@ -44,6 +51,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The HTTP status.
     pub fn status(&self) -> u32 {
         match self {
             Refusal::Body(_) | Refusal::UnexpectedBody | Refusal::UnexpectedTrailers => 400,
@@ -96,6 +104,7 @@ impl Refusal {
         }
     }
 
+    /// The JSON-RPC id the refusal itself carries (from a parsed but refused message).
     pub fn id(&self) -> Option<&Value> {
         match self {
             Refusal::Body(e) => e.id(),
@@ -162,19 +171,26 @@ impl Refusal {
     }
 }
 
-/// One log line per refusal: reason, status, JSON-RPC id, detail. No header values, no tokens, no keys.
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let id = self.id().map(Value::to_string).unwrap_or_else(|| "null".into());
-        let id: String = id.chars().take(80).collect();
-        write!(
-            f,
+impl Refusal {
+    /// The one log line of a refusal: reason, status, JSON-RPC id (the refusal's own, else `request_id`, cut at
+    /// 80 characters), detail. No header values, no tokens, no keys.
+    pub fn log_line(&self, request_id: Option<&Value>) -> String {
+        let id = self.id().or(request_id).map(Value::to_string);
+        let id: String = id.as_deref().unwrap_or("null").chars().take(80).collect();
+        format!(
             "refused reason={} status={} jsonrpc_id={} detail={:?}",
             self.reason(),
             self.status(),
             id,
             self.message()
         )
+    }
+}
+
+/// The refusal's log line (see [`Refusal::log_line`]).
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.log_line(None))
     }
 }
 

@@ -3,9 +3,12 @@
 use serde::Serialize;
 use serde_json::json;
 
-use crate::keys::Jwk;
+use crate::config::FILTER_CLAIMS;
+use crate::crypto::Jwk;
 
+/// The OIDC discovery document, under the issuer's path.
 pub const DISCOVERY_SUFFIX: &str = "/.well-known/openid-configuration";
+/// The JWKS, under the issuer's path.
 pub const JWKS_SUFFIX: &str = "/.well-known/jwks.json";
 
 /// `Cache-Control` for a configured key: verifiers may cache for five minutes (and must re-fetch on an unknown
@@ -14,9 +17,12 @@ pub const CACHE_CONTROL_CONFIGURED: &str = "public, max-age=300";
 /// `Cache-Control` for an auto-generated key, which changes on every Envoy restart: keep verifier caches short.
 pub const CACHE_CONTROL_EPHEMERAL: &str = "public, max-age=60";
 
+/// The documents the filter serves itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
+    /// `/.well-known/openid-configuration`.
     Discovery,
+    /// `/.well-known/jwks.json`.
     Jwks,
 }
 
@@ -37,6 +43,7 @@ pub fn endpoint(path: &[u8], issuer_path: &str) -> Option<Endpoint> {
     }
 }
 
+/// The JWKS URL of an issuer.
 pub fn jwks_uri(issuer_url: &str) -> String {
     format!("{issuer_url}{JWKS_SUFFIX}")
 }
@@ -59,7 +66,7 @@ pub fn discovery_document(issuer_url: &str, keys: &[&Jwk]) -> String {
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": algorithms,
         "token_endpoint_auth_methods_supported": ["none"],
-        "claims_supported": ["iss", "aud", "sub", "act", "email", "scope", "iat", "nbf", "exp", "jti"],
+        "claims_supported": FILTER_CLAIMS,
         "scopes_supported": ["mcp:tools/call", "mcp:tools/list"],
     })
     .to_string()
@@ -70,6 +77,7 @@ struct JwkSet<'a> {
     keys: &'a [&'a Jwk],
 }
 
+/// The JWKS document.
 pub fn jwks_document(keys: &[&Jwk]) -> String {
     serde_json::to_string(&JwkSet { keys }).unwrap_or_else(|_| r#"{"keys":[]}"#.to_string())
 }
@@ -99,8 +107,8 @@ mod tests {
 
     #[test]
     fn discovery_names_the_jwks_under_the_issuer() {
-        let rsa = crate::keys::rsa_jwk(&[1, 2, 3], &[1, 0, 1]);
-        let ed = crate::ec_keys::ed25519_jwk(&ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key());
+        let rsa = crate::crypto::rsa::rsa_jwk(&[1, 2, 3], &[1, 0, 1]);
+        let ed = crate::crypto::ed25519::ed25519_jwk(&ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key());
         let doc: serde_json::Value =
             serde_json::from_str(&discovery_document("https://gw/t", &[&rsa, &ed, &rsa])).unwrap();
         assert_eq!(

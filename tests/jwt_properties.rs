@@ -5,7 +5,7 @@
 //!   signed with `jwt::encode` verify with `jsonwebtoken` against the signer's published JWK and decode to the same
 //!   claims, for every signing algorithm the filter offers;
 //! - changing any one byte of a token makes verification fail;
-//! - the JWK's `kid` is the RFC 7638 thumbprint, and `rsa_thumbprint(n, e)` matches an independent computation
+//! - the JWK's `kid` is the RFC 7638 thumbprint, and `thumbprint` matches an independent computation
 //!   for arbitrary base64url members.
 //!
 //! Keys are generated once per algorithm (RSA generation is slow in a debug build); few cases per property.
@@ -18,9 +18,14 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use jsonwebtoken::{Algorithm as JwtAlg, DecodingKey, Validation};
-use mcp_jwt_signer::jwt;
-use mcp_jwt_signer::keys::{rsa_thumbprint, Jwk, RsaSigner};
-use mcp_jwt_signer::signer::{Algorithm, Signer};
+use mcp_jwt_signer::crypto::jws as jwt;
+use mcp_jwt_signer::crypto::rsa::RsaSigner;
+use mcp_jwt_signer::crypto::{thumbprint, Algorithm, Jwk, Signer};
+
+/// The RSA thumbprint as the filter computes it.
+fn rsa_thumbprint(n: &str, e: &str) -> String {
+    thumbprint(&[("e", e), ("kty", "RSA"), ("n", n)])
+}
 use proptest::prelude::*;
 use serde_json::{json, Map, Number, Value};
 use sha2::{Digest, Sha256};

@@ -16,7 +16,7 @@ use libfuzzer_sys::fuzz_target;
 use mcp_jwt_signer::claims::{self, Call};
 use mcp_jwt_signer::mcp::{self, McpError};
 use mcp_jwt_signer::refusal::Refusal;
-use mcp_jwt_signer::strict_json;
+use mcp_jwt_signer::mcp::strict_json;
 use serde_json::Value;
 
 /// `^[A-Za-z0-9_.-]{1,128}$`, written independently of the filter's own check.
@@ -130,7 +130,8 @@ fuzz_target!(|data: &[u8]| {
             let body: Value = serde_json::from_slice(&refusal.body()).expect("refusal body is not JSON");
             assert_eq!(body["jsonrpc"], "2.0");
             assert!(body["error"]["code"].is_i64());
-            let line = refusal.to_string();
+            // The exact line the request path logs (the same function, with the request's id).
+            let line = refusal.log_line(Some(&Value::String("id\nwith\rbreaks".into())));
             assert!(!line.contains(['\n', '\r']), "log line spans several lines: {line:?}");
         }
     }

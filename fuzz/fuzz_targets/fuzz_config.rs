@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use mcp_jwt_signer::config::{Config, KeySource};
-use mcp_jwt_signer::keys::RsaSigner;
+use mcp_jwt_signer::crypto::Signer;
 
 /// Looks like base64 key material; long enough that the fuzzer does not stumble on it by chance.
 const SECRET_BODY: &str = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7fuzzSecretBodyQ9xZp4Lk2Wv";
@@ -59,13 +59,12 @@ fn check(input: &[u8], has_secret: bool) {
                 assert_no_secret("Debug of signing_key", &format!("{:?}", config.signing_key));
             }
             // Key resolution (precedence, file:// refusal) must not panic or echo either.
-            match KeySource::resolve(
-                &config,
+            match config.key_source(
                 Some("-----BEGIN PRIVATE KEY-----\\nAAAA\\n-----END PRIVATE KEY-----"),
             ) {
                 Ok(KeySource::Config(pem)) => {
                     // Parsing the configured key: errors are fixed strings, never key text.
-                    if let Err(e) = RsaSigner::from_pem(&pem.0) {
+                    if let Err(e) = Signer::from_pem(config.algorithm, &pem.0) {
                         if has_secret {
                             assert_no_secret("key error", &e.to_string());
                         }

@@ -1,4 +1,5 @@
-//! Decoding of Envoy attribute values as `proxy_get_property` returns them.
+//! Decoding of Envoy attribute values as proxy-wasm's `proxy_get_property` returns them (used by the proxy-wasm
+//! adapter; other hosts hand over typed values).
 //!
 //! Envoy serialises a string as its raw UTF-8, a number as an 8-byte little-endian f64 (jwt_authn payloads are
 //! protobuf `Struct`s, so every number is a double), a bool as one byte, and a list or map in the "pairs"
@@ -106,22 +107,13 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(raw.try_into().ok()?))
 }
 
-/// A value as identity text (`sub`, `email`, `act.sub`): strings as they are, integers in decimal.
-pub fn as_identity_text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use serde_json::json;
 
     /// Encodes like Envoy does, for tests.
-    pub(crate) fn pairs(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
+    fn pairs(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
         let mut out = (entries.len() as u32).to_le_bytes().to_vec();
         for (k, v) in entries {
             out.extend((k.len() as u32).to_le_bytes());
@@ -172,13 +164,5 @@ pub(crate) mod tests {
         assert!(decode_pairs(&huge).is_none());
         huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_pairs(&huge).is_none());
-    }
-
-    #[test]
-    fn identity_text() {
-        assert_eq!(as_identity_text(&json!("a")), Some("a".into()));
-        assert_eq!(as_identity_text(&json!(42)), Some("42".into()));
-        assert_eq!(as_identity_text(&json!([1])), None);
-        assert_eq!(as_identity_text(&json!(1.5)), None);
     }
 }

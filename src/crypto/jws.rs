@@ -1,10 +1,8 @@
-//! JWS compact serialisation (RFC 7515) of an RS256-signed JWT.
+//! JWS compact serialisation (RFC 7515) of a JWT signed with the configured algorithm (RS256, ES256 or EdDSA).
 
 use serde::Serialize;
 
-use crate::b64;
-use crate::keys::KeyError;
-use crate::signer::Signer;
+use super::{b64, KeyError, Signer};
 
 #[derive(Serialize)]
 struct Header<'a> {
@@ -13,9 +11,12 @@ struct Header<'a> {
     kid: &'a str,
 }
 
+/// Why a token could not be produced.
 #[derive(Debug, PartialEq, Eq)]
 pub enum JwtError {
+    /// The claims could not be serialised.
     Encode,
+    /// The signature failed.
     Sign(KeyError),
 }
 
@@ -50,14 +51,14 @@ pub fn encode(claims: &impl Serialize, signer: &Signer) -> Result<String, JwtErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rsa::pkcs8::EncodePrivateKey;
+    use ::rsa::pkcs8::EncodePrivateKey;
     use serde_json::{json, Value};
 
     #[test]
     fn token_verifies_with_jsonwebtoken() {
-        let key = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap();
+        let key = ::rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap();
         let pem = key.to_pkcs8_pem(Default::default()).unwrap();
-        let signer = Signer::Rs256(Box::new(crate::keys::RsaSigner::from_pem(&pem).unwrap()));
+        let signer = Signer::Rs256(Box::new(crate::crypto::rsa::RsaSigner::from_pem(&pem).unwrap()));
         let claims =
             json!({"iss":"https://gw","aud":"mcp","sub":"alice","exp": 4_000_000_000u64, "scope":"mcp:tools/list"});
         let token = encode(&claims, &signer).unwrap();

@@ -4,12 +4,12 @@
 //! about what is being called is refused, never repaired: duplicate keys, names outside MCP's character rules,
 //! messages that are not JSON-RPC, batches with any bad element.
 
+pub mod strict_json;
+
 use std::collections::BTreeSet;
 use std::fmt;
 
 use serde_json::{Map, Value};
-
-use crate::strict_json;
 
 /// Longest JSON-RPC method name accepted.
 pub const MAX_METHOD_LEN: usize = 128;
@@ -37,12 +37,23 @@ pub enum McpError {
     /// Not JSON (or JSON we refuse to read: duplicate keys, invalid UTF-8, ...): -32700.
     Parse(String),
     /// JSON, but not a JSON-RPC 2.0 message: -32600.
-    InvalidRequest { id: Option<Value>, detail: String },
+    InvalidRequest {
+        /// The message's id, when it is one a reply may echo.
+        id: Option<Value>,
+        /// What is wrong.
+        detail: String,
+    },
     /// A JSON-RPC request whose params we refuse (e.g. a bad tool name): -32602.
-    InvalidParams { id: Option<Value>, detail: String },
+    InvalidParams {
+        /// The message's id, when it is one a reply may echo.
+        id: Option<Value>,
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 impl McpError {
+    /// The refused message's id (`None` for parse errors and batches).
     pub fn id(&self) -> Option<&Value> {
         match self {
             McpError::Parse(_) => None,

@@ -11,6 +11,7 @@
 //! Bounds: with R = 2^(28*N) > 4m, `mul` keeps values below 2m whenever a*b < R*m (e.g. a, b < 2m), so no
 //! conditional subtraction is needed until the final [`Modulus::reduce`].
 
+/// Bits per limb.
 pub const LIMB_BITS: u32 = 28;
 const MASK: u64 = (1 << LIMB_BITS) - 1;
 
@@ -48,6 +49,7 @@ impl<const N: usize> Modulus<N> {
         }
     }
 
+    /// The modulus.
     pub fn limbs(&self) -> &Limbs<N> {
         &self.m
     }

@@ -1,4 +1,4 @@
-//! A faster constant-time RS256 signer for 2048-bit keys: RSA-CRT on [`crate::montgomery`] arithmetic, with
+//! A faster constant-time RS256 signer for 2048-bit keys: RSA-CRT on [`super::montgomery`] arithmetic, with
 //! the key's Montgomery constants computed once when the key is loaded instead of on every signature.
 //!
 //! Side-channel defences:
@@ -14,12 +14,12 @@
 
 use std::sync::Mutex;
 
+use ::rsa::traits::{PrivateKeyParts, PublicKeyParts};
 use crypto_bigint::{BoxedUint, NonZero, Resize};
-use rsa::traits::{PrivateKeyParts, PublicKeyParts};
 use sha2::{Digest, Sha256};
 
-use crate::keys::KeyError;
-use crate::montgomery::{self, Limbs, Modulus, LIMB_BITS};
+use super::montgomery::{self, Limbs, Modulus, LIMB_BITS};
+use crate::crypto::{KeyError, KeyType};
 
 /// Limbs of a 1024-bit prime: 37 * 28 = 1036 bits, so R = 2^1036 > 4p.
 const P_LIMBS: usize = 37;
@@ -56,6 +56,7 @@ struct Blinding {
     uses: u32,
 }
 
+/// An RSA-2048 key prepared for constant-time CRT signing with base blinding.
 pub struct RsaCrt2048 {
     p: Prime,
     q: Prime,
@@ -75,9 +76,10 @@ fn wide(value: &BoxedUint) -> BoxedUint {
 }
 
 fn nonzero(value: &BoxedUint) -> Result<NonZero<BoxedUint>, KeyError> {
-    NonZero::new(wide(value))
-        .into_option()
-        .ok_or(KeyError::Malformed("zero modulus"))
+    NonZero::new(wide(value)).into_option().ok_or(KeyError::Malformed {
+        key_type: KeyType::Rsa,
+        format: "zero modulus",
+    })
 }
 
 /// 2^bits mod m.
@@ -86,7 +88,10 @@ fn pow2_mod(bits: u32, m: &NonZero<BoxedUint>) -> BoxedUint {
 }
 
 fn limbs<const N: usize>(value: &BoxedUint) -> Result<Limbs<N>, KeyError> {
-    montgomery::from_be_bytes(&value.to_be_bytes()).ok_or(KeyError::Malformed("value out of range"))
+    montgomery::from_be_bytes(&value.to_be_bytes()).ok_or(KeyError::Malformed {
+        key_type: KeyType::Rsa,
+        format: "value out of range",
+    })
 }
 
 fn be_bytes(value: &BoxedUint, len: usize) -> Vec<u8> {
@@ -144,13 +149,19 @@ impl RsaCrt2048 {
     }
 
     fn build(key: &rsa::PrivateKey, p: &BoxedUint, q: &BoxedUint) -> Result<RsaCrt2048, KeyError> {
-        let dp = key.dp().ok_or(KeyError::Malformed("missing CRT exponent"))?;
-        let dq = key.dq().ok_or(KeyError::Malformed("missing CRT exponent"))?;
+        let dp = key.dp().ok_or(KeyError::Malformed {
+            key_type: KeyType::Rsa,
+            format: "missing CRT exponent",
+        })?;
+        let dq = key.dq().ok_or(KeyError::Malformed {
+            key_type: KeyType::Rsa,
+            format: "missing CRT exponent",
+        })?;
         let p_nz = nonzero(p)?;
-        let q_inv = wide(q)
-            .invert_mod(&p_nz)
-            .into_option()
-            .ok_or(KeyError::Malformed("q has no inverse mod p"))?;
+        let q_inv = wide(q).invert_mod(&p_nz).into_option().ok_or(KeyError::Malformed {
+            key_type: KeyType::Rsa,
+            format: "q has no inverse mod p",
+        })?;
         let r_p = pow2_mod(LIMB_BITS * P_LIMBS as u32, &p_nz);
         let n_value = key.n().as_ref();
         let n_big = nonzero(n_value)?;
@@ -184,8 +195,8 @@ impl RsaCrt2048 {
         plain_one[0] = 1;
         for _ in 0..8 {
             let mut bytes = [0u8; MODULUS_BYTES];
-            getrandom::fill(&mut bytes).map_err(|_| KeyError::Sign)?;
-            let r: Limbs<N_LIMBS> = montgomery::from_be_bytes(&bytes).ok_or(KeyError::Sign)?;
+            getrandom::fill(&mut bytes).map_err(|_| KeyError::Sign(KeyType::Rsa))?;
+            let r: Limbs<N_LIMBS> = montgomery::from_be_bytes(&bytes).ok_or(KeyError::Sign(KeyType::Rsa))?;
             // r < 2^2048 < R, so r * R^2 * R^-1 = r R mod n: the Montgomery form of r mod n, then canonical r.
             let r_mont = n.reduce(&n.mul(&r, &self.n_r2));
             let r = n.reduce(&n.mul(&r_mont, &plain_one));
@@ -205,7 +216,7 @@ impl RsaCrt2048 {
                 uses: 0,
             });
         }
-        Err(KeyError::Sign)
+        Err(KeyError::Sign(KeyType::Rsa))
     }
 
     /// Garner's CRT recombination: the x < n with x = s_p mod p and x = s_q mod q (canonical inputs).
@@ -222,9 +233,9 @@ impl RsaCrt2048 {
     /// RSASSA-PKCS1-v1_5 with SHA-256 (RFC 8017 section 8.2.1): the 256-byte signature of `message`.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         let em = encode_pkcs1v15_sha256(message);
-        let m: Limbs<N_LIMBS> = montgomery::from_be_bytes(&em).ok_or(KeyError::Sign)?;
+        let m: Limbs<N_LIMBS> = montgomery::from_be_bytes(&em).ok_or(KeyError::Sign(KeyType::Rsa))?;
         let (r_pow_e, r_inv) = {
-            let mut blinding = self.blinding.lock().map_err(|_| KeyError::Sign)?;
+            let mut blinding = self.blinding.lock().map_err(|_| KeyError::Sign(KeyType::Rsa))?;
             if blinding.uses >= BLINDING_REFRESH {
                 *blinding = self.fresh_blinding()?;
             }
@@ -251,7 +262,7 @@ impl RsaCrt2048 {
         let mut plain_one = [0u32; N_LIMBS];
         plain_one[0] = 1;
         if n.reduce(&n.mul(&check, &plain_one)) != m {
-            return Err(KeyError::Sign);
+            return Err(KeyError::Sign(KeyType::Rsa));
         }
         Ok(montgomery::to_be_bytes(&s, MODULUS_BYTES))
     }
@@ -272,8 +283,8 @@ fn encode_pkcs1v15_sha256(message: &[u8]) -> [u8; MODULUS_BYTES] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rsa::pkcs1v15::SigningKey;
-    use rsa::signature::{SignatureEncoding, Signer};
+    use ::rsa::pkcs1v15::SigningKey;
+    use ::rsa::signature::{SignatureEncoding, Signer};
 
     #[test]
     fn signatures_equal_the_rsa_crates_across_blinding_refreshes() {

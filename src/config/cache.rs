@@ -1,0 +1,59 @@
+//! `token_cache`: the per-worker token cache's bounds.
+
+use serde::Deserialize;
+
+use super::defaults;
+use super::error::ConfigError;
+
+/// `token_cache` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTokenCache {
+    max_entries: Option<u64>,
+    max_bytes: Option<u64>,
+    min_remaining_seconds: Option<u64>,
+}
+
+/// Per-worker token cache settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenCacheConfig {
+    /// 0: no cache (a fresh token and `jti` per request).
+    pub max_entries: usize,
+    /// Bytes of keys and tokens held.
+    pub max_bytes: usize,
+    /// A cached token is used only while at least this many seconds of its lifetime remain.
+    pub min_remaining_seconds: u64,
+}
+
+impl TokenCacheConfig {
+    /// Validates `token_cache` against the token lifetime.
+    pub(crate) fn from_raw(raw: RawTokenCache, ttl_seconds: u64) -> Result<TokenCacheConfig, ConfigError> {
+        let max_entries = raw.max_entries.unwrap_or(defaults::CACHE_MAX_ENTRIES as u64);
+        if max_entries > defaults::CACHE_MAX_ENTRIES_LIMIT as u64 {
+            return Err(ConfigError::new(
+                "token_cache.max_entries",
+                format!("at most {}", defaults::CACHE_MAX_ENTRIES_LIMIT),
+            ));
+        }
+        let max_bytes = raw.max_bytes.unwrap_or(defaults::CACHE_MAX_BYTES as u64);
+        if max_bytes > defaults::CACHE_MAX_BYTES_LIMIT as u64 {
+            return Err(ConfigError::new(
+                "token_cache.max_bytes",
+                format!("at most {} bytes (1 GiB)", defaults::CACHE_MAX_BYTES_LIMIT),
+            ));
+        }
+        let default_remaining = (ttl_seconds as f64 * defaults::CACHE_MIN_REMAINING_FRACTION).ceil() as u64;
+        let min_remaining_seconds = raw.min_remaining_seconds.unwrap_or(default_remaining);
+        if min_remaining_seconds >= ttl_seconds && max_entries > 0 {
+            return Err(ConfigError::new(
+                "token_cache.min_remaining_seconds",
+                "must be less than ttl_seconds (or switch the cache off with max_entries: 0)",
+            ));
+        }
+        Ok(TokenCacheConfig {
+            max_entries: max_entries as usize,
+            max_bytes: max_bytes as usize,
+            min_remaining_seconds,
+        })
+    }
+}

@@ -1,0 +1,36 @@
+//! Every default and every limit of the plugin configuration, in one place. Stated limits (in docs and error
+//! messages) are built from these constants.
+
+/// `audience` when neither the plugin nor the route sets one.
+pub const AUDIENCE: &str = "mcp";
+/// `ttl_seconds`: the token lifetime.
+pub const TTL_SECONDS: u64 = 300;
+/// `actor`: `act.sub` without a team/org, and `sub` without a user.
+pub const ACTOR: &str = "mcp-gateway";
+/// `max_body_bytes`: the largest request body the filter buffers and reads.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Longest lifetime accepted: a "short-lived" token that lives more than a day is a misconfiguration.
+pub const MAX_TTL_SECONDS: u64 = 24 * 60 * 60;
+/// Upper bound for `max_body_bytes`; MCP messages are small and the filter buffers the whole body.
+pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+/// jwt_authn `payload_in_metadata` name read by `jwt:` sources.
+pub const JWT_PAYLOAD_IN_METADATA: &str = "jwt_payload";
+/// `require_subject`.
+pub const REQUIRE_SUBJECT: bool = false;
+/// `strip_identity_headers`.
+pub const STRIP_IDENTITY_HEADERS: bool = true;
+/// Token cache: entries per worker VM (0 switches the cache off).
+pub const CACHE_MAX_ENTRIES: usize = 1024;
+/// Token cache: largest `max_entries`.
+pub const CACHE_MAX_ENTRIES_LIMIT: usize = 1_000_000;
+/// Token cache: bytes of tokens per worker VM.
+pub const CACHE_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Token cache: largest `max_bytes`.
+pub const CACHE_MAX_BYTES_LIMIT: usize = 1 << 30;
+/// Token cache: a cached token is reused while at least this fraction of `ttl_seconds` remains.
+pub const CACHE_MIN_REMAINING_FRACTION: f64 = 0.5;
+/// Longest text written as a claim value in the configuration (`audience`, `actor`, literals), and longest
+/// identity value accepted into a claim from a request.
+pub const MAX_CLAIM_TEXT_BYTES: usize = 1024;
+/// Longest claim name in claim shaping.
+pub const MAX_CLAIM_NAME_BYTES: usize = 256;

@@ -1,0 +1,390 @@
+//! Plugin configuration: the JSON in the filter's `configuration` StringValue.
+//!
+//! Parsing is strict (`deny_unknown_fields`, typed values) and every error names the field it is about, so an
+//! operator reading Envoy's log knows what to fix; no error repeats key material. Layout:
+//! - `schema`: the fields as written; [`defaults`]: every default and limit;
+//! - one file per field group: [`issuer`], [`sources`] (identity sources), [`claims`] (claim shaping),
+//!   [`cache`] (token cache), [`keys`] (signing key and published keys);
+//! - [`error`]: the error and its redaction, a leaf.
+
+pub mod cache;
+pub mod claims;
+pub mod defaults;
+pub mod error;
+pub mod issuer;
+pub mod keys;
+mod schema;
+pub mod sources;
+
+pub use cache::TokenCacheConfig;
+pub use claims::{ClaimShaping, ESSENTIAL_CLAIMS, FILTER_CLAIMS};
+pub use error::{shown, ConfigError};
+pub use issuer::Issuer;
+pub use keys::{KeySource, SecretPem, SIGNING_KEY_ENV};
+pub use sources::{IdentitySources, MtlsField, Source, JWT_AUTHN_NAMESPACE};
+
+use crate::crypto::{Algorithm, Jwk};
+
+use self::claims::RawShaping;
+use self::error::{field_path, redact_serde_error};
+use self::schema::RawConfig;
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `None`: derive the issuer from each request's `scheme://authority`.
+    pub issuer: Option<Issuer>,
+    /// `aud` unless the route sets one.
+    pub audience: String,
+    /// Token lifetime.
+    pub ttl_seconds: u64,
+    /// PEM text of the configured key. Never printed: `SecretPem`'s Debug hides it.
+    pub signing_key: Option<SecretPem>,
+    /// `act.sub` without a team/org, and `sub` without a user.
+    pub actor: String,
+    /// Where `sub`, `email` and `act.sub` come from.
+    pub identity: IdentitySources,
+    /// The largest body buffered and read.
+    pub max_body_bytes: usize,
+    /// jwt_authn's `payload_in_metadata` name read by `jwt:` sources.
+    pub jwt_payload_in_metadata: String,
+    /// Refuse (401) requests without a resolvable user.
+    pub require_subject: bool,
+    /// Claim paths that must be present in jwt_authn's verified payload (else 403).
+    pub required_claims: Vec<Source>,
+    /// Claims beyond the standard set.
+    pub claims: ClaimShaping,
+    /// Remove the headers named by `header:` sources (in `identity` and `copy_claims`) before the request goes
+    /// upstream.
+    pub strip_identity_headers: bool,
+    /// The headers `strip_identity_headers` removes (lower case; empty when it is off).
+    pub stripped_headers: Vec<String>,
+    /// Per-worker token cache bounds.
+    pub token_cache: TokenCacheConfig,
+    /// The JWS algorithm tokens are signed with (the key must be of its type).
+    pub algorithm: Algorithm,
+    /// Public keys published in the JWKS beside the signing key (key rotation: the previous or next key).
+    pub additional_public_keys: Vec<Jwk>,
+}
+
+impl Config {
+    /// Parses and validates the plugin configuration. An empty configuration means "all defaults".
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let raw: RawConfig = if bytes.iter().all(u8::is_ascii_whitespace) {
+            RawConfig::default()
+        } else {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let raw = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                let field = field_path(e.path());
+                ConfigError::new(field, redact_serde_error(&e.into_inner()))
+            })?;
+            de.end()
+                .map_err(|e| ConfigError::new("(root)", redact_serde_error(&e)))?;
+            raw
+        };
+        Self::validate(raw)
+    }
+
+    /// Where the signing key comes from, given the value of [`SIGNING_KEY_ENV`].
+    pub fn key_source(&self, env_value: Option<&str>) -> Result<KeySource, ConfigError> {
+        KeySource::resolve(self.signing_key.as_ref(), env_value)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let claims = ClaimShaping::from_raw(RawShaping {
+            copy_claims: raw.copy_claims,
+            add_claims: raw.add_claims,
+            override_claims: raw.override_claims,
+            remove_claims: raw.remove_claims,
+        })?;
+        let issuer = match raw.issuer {
+            None => None,
+            Some(s) => Some(Issuer::parse(&s).map_err(|r| ConfigError::new("issuer", r))?),
+        };
+        let audience = raw.audience.unwrap_or_else(|| defaults::AUDIENCE.to_string());
+        check_claim_text("audience", &audience)?;
+        let ttl_seconds = ttl_seconds(raw.ttl_seconds)?;
+        let actor = raw.actor.unwrap_or_else(|| defaults::ACTOR.to_string());
+        check_claim_text("actor", &actor)?;
+        let max_body_bytes = max_body_bytes(raw.max_body_bytes)?;
+        let identity = IdentitySources::from_config(raw.identity.unwrap_or_default())?;
+        let jwt_payload_in_metadata = raw
+            .jwt_payload_in_metadata
+            .unwrap_or_else(|| defaults::JWT_PAYLOAD_IN_METADATA.to_string());
+        check_claim_text("jwt_payload_in_metadata", &jwt_payload_in_metadata)?;
+        let required_claims = raw
+            .required_claims
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, claim)| {
+                Source::parse(&format!("jwt:{claim}")).map_err(|r| ConfigError::new(format!("required_claims[{i}]"), r))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let token_cache = TokenCacheConfig::from_raw(raw.token_cache.unwrap_or_default(), ttl_seconds)?;
+        let algorithm = match raw.algorithm {
+            None => Algorithm::default(),
+            Some(name) => Algorithm::parse(&name)
+                .ok_or_else(|| ConfigError::new("algorithm", "must be \"RS256\", \"ES256\" or \"EdDSA\""))?,
+        };
+        let strip_identity_headers = raw.strip_identity_headers.unwrap_or(defaults::STRIP_IDENTITY_HEADERS);
+        let stripped_headers = if strip_identity_headers {
+            let mut names: Vec<String> = Vec::new();
+            let copied = claims.copy.iter().map(|(_, source)| source);
+            for name in sources::header_names(identity.all().chain(copied)) {
+                if !names.iter().any(|n| n == name) {
+                    names.push(name.to_string());
+                }
+            }
+            names
+        } else {
+            Vec::new()
+        };
+        Ok(Config {
+            issuer,
+            audience,
+            ttl_seconds,
+            signing_key: keys::signing_key(raw.signing_key)?,
+            actor,
+            identity,
+            max_body_bytes,
+            jwt_payload_in_metadata,
+            require_subject: raw.require_subject.unwrap_or(defaults::REQUIRE_SUBJECT),
+            required_claims,
+            claims,
+            strip_identity_headers,
+            stripped_headers,
+            token_cache,
+            algorithm,
+            additional_public_keys: keys::additional_public_keys(raw.additional_public_keys)?,
+        })
+    }
+}
+
+fn ttl_seconds(raw: Option<i64>) -> Result<u64, ConfigError> {
+    match raw {
+        None => Ok(defaults::TTL_SECONDS),
+        Some(t) if t <= 0 => Err(ConfigError::new("ttl_seconds", "must be a positive number of seconds")),
+        Some(t) if t as u64 > defaults::MAX_TTL_SECONDS => Err(ConfigError::new(
+            "ttl_seconds",
+            format!(
+                "{t} is too long for a short-lived token (at most {})",
+                defaults::MAX_TTL_SECONDS
+            ),
+        )),
+        Some(t) => Ok(t as u64),
+    }
+}
+
+fn max_body_bytes(raw: Option<i64>) -> Result<usize, ConfigError> {
+    match raw {
+        None => Ok(defaults::MAX_BODY_BYTES),
+        Some(n) if n <= 0 => Err(ConfigError::new("max_body_bytes", "must be a positive number of bytes")),
+        Some(n) if n as u64 > defaults::MAX_BODY_BYTES_LIMIT as u64 => Err(ConfigError::new(
+            "max_body_bytes",
+            format!("{n} exceeds the limit of {} bytes", defaults::MAX_BODY_BYTES_LIMIT),
+        )),
+        Some(n) => Ok(n as usize),
+    }
+}
+
+/// Claim values written as configuration must be non-empty printable text of sane length.
+pub(crate) fn check_claim_text(field: &str, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() || value.len() > defaults::MAX_CLAIM_TEXT_BYTES || value.chars().any(char::is_control) {
+        return Err(ConfigError::new(
+            field,
+            format!(
+                "must be 1-{} characters without control characters",
+                defaults::MAX_CLAIM_TEXT_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn empty_config_gives_defaults() {
+        for text in ["", "  ", "{}"] {
+            let c = parse(text).unwrap();
+            assert_eq!(c.issuer, None);
+            assert_eq!(c.audience, "mcp");
+            assert_eq!(c.ttl_seconds, 300);
+            assert_eq!(c.actor, "mcp-gateway");
+            assert_eq!(c.max_body_bytes, 1_048_576);
+            assert!(c.signing_key.is_none());
+        }
+    }
+
+    #[test]
+    fn every_documented_field_is_read() {
+        let c = parse(
+            r#"{"issuer":"https://gw.example.com/","audience":"a","ttl_seconds":60,"actor":"gw",
+                "max_body_bytes":10,"identity":{"subject":["header:x-user-id"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.issuer.unwrap().url, "https://gw.example.com");
+        assert_eq!(c.audience, "a");
+        assert_eq!(c.ttl_seconds, 60);
+        assert_eq!(c.actor, "gw");
+        assert_eq!(c.max_body_bytes, 10);
+    }
+
+    #[test]
+    fn bad_issuers_are_refused() {
+        for bad in [
+            "gw.example.com",
+            "ftp://x",
+            "https://",
+            "https://a b",
+            "https://x/?q=1",
+            "https://x/#f",
+            "https://user@x",
+            "https://x/a/../b",
+            "https://x//a",
+        ] {
+            let e = parse(&format!(r#"{{"issuer":"{bad}"}}"#)).unwrap_err();
+            assert_eq!(e.field, "issuer", "{bad}");
+        }
+    }
+
+    #[test]
+    fn ttl_bounds_name_the_field() {
+        for bad in ["0", "-5", "86401", "999999999999"] {
+            let e = parse(&format!(r#"{{"ttl_seconds":{bad}}}"#)).unwrap_err();
+            assert_eq!(e.field, "ttl_seconds", "{bad}");
+            assert!(e.to_string().contains("ttl_seconds"));
+        }
+        let e = parse(r#"{"ttl_seconds":"300"}"#).unwrap_err();
+        assert_eq!(e.field, "ttl_seconds");
+        let e = parse(r#"{"ttl_seconds":1.5}"#).unwrap_err();
+        assert_eq!(e.field, "ttl_seconds");
+        assert_eq!(parse(r#"{"ttl_seconds":86400}"#).unwrap().ttl_seconds, 86400);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = parse(r#"{"audiance":"x"}"#).unwrap_err();
+        assert!(e.reason.contains("audiance"), "{e}");
+        let e = parse(r#"{"identity":{"subjekt":[]}}"#).unwrap_err();
+        assert!(e.field.starts_with("identity"), "{e}");
+    }
+
+    #[test]
+    fn not_json_is_refused() {
+        assert!(parse("{").is_err());
+        assert!(parse("[]").is_err());
+        assert!(parse(r#"{} {}"#).is_err());
+    }
+
+    #[test]
+    fn max_body_bytes_bounds() {
+        assert_eq!(parse(r#"{"max_body_bytes":0}"#).unwrap_err().field, "max_body_bytes");
+        assert_eq!(parse(r#"{"max_body_bytes":-1}"#).unwrap_err().field, "max_body_bytes");
+        assert_eq!(
+            parse(r#"{"max_body_bytes":1000000000000}"#).unwrap_err().field,
+            "max_body_bytes"
+        );
+    }
+
+    #[test]
+    fn errors_never_echo_a_pem() {
+        let pem = "-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\\n-----END PRIVATE KEY-----";
+        let e = parse(&format!(r#"{{"audience":{{"x":"{pem}"}}}}"#)).unwrap_err();
+        assert!(!e.to_string().contains("MIIE"), "{e}");
+        let e = parse(&format!(r#"{{"ttl_seconds":"{pem}"}}"#)).unwrap_err();
+        assert!(!e.to_string().contains("MIIE"), "{e}");
+        assert!(!format!("{:?}", parse(&format!(r#"{{"signing_key":"{pem}"}}"#)).unwrap()).contains("MIIE"));
+    }
+
+    #[test]
+    fn key_precedence() {
+        let with_key = parse(r#"{"signing_key":"PEM-A"}"#).unwrap();
+        match with_key.key_source(Some("PEM-B")).unwrap() {
+            KeySource::Config(p) => assert_eq!(p.0, "PEM-A"),
+            other => panic!("{other:?}"),
+        }
+        let without = parse("{}").unwrap();
+        match without.key_source(Some("line1\\nline2")).unwrap() {
+            KeySource::Environment(p) => assert_eq!(p.0, "line1\nline2"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(without.key_source(None).unwrap(), KeySource::Generated));
+        assert!(matches!(without.key_source(Some("  ")).unwrap(), KeySource::Generated));
+    }
+
+    #[test]
+    fn file_urls_are_refused_with_advice() {
+        let without = parse("{}").unwrap();
+        let e = without.key_source(Some("file:///secrets/k.pem")).unwrap_err();
+        assert_eq!(e.field, SIGNING_KEY_ENV);
+        assert!(e.reason.contains("cannot read files"));
+        let with = parse(r#"{"signing_key":"file:///k.pem"}"#).unwrap();
+        assert_eq!(with.key_source(None).unwrap_err().field, "signing_key");
+    }
+
+    #[test]
+    fn algorithm_and_additional_keys() {
+        assert_eq!(parse("{}").unwrap().algorithm, Algorithm::Rs256);
+        assert_eq!(parse(r#"{"algorithm":"ES256"}"#).unwrap().algorithm, Algorithm::Es256);
+        assert_eq!(parse(r#"{"algorithm":"EdDSA"}"#).unwrap().algorithm, Algorithm::EdDsa);
+        assert_eq!(parse(r#"{"algorithm":"HS256"}"#).unwrap_err().field, "algorithm");
+        assert_eq!(parse(r#"{"algorithm":"none"}"#).unwrap_err().field, "algorithm");
+        let e = parse(r#"{"additional_public_keys":["x","y"]}"#).unwrap_err();
+        assert_eq!(e.field, "additional_public_keys[0]");
+    }
+
+    #[test]
+    fn stripped_headers_cover_identity_and_copied_claims() {
+        let c = parse(
+            r#"{"identity":{"subject":["header:x-user-id","jwt:sub"]},"copy_claims":{"dept":"header:X-Department"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.stripped_headers, ["x-user-id", "x-department"]);
+    }
+
+    #[test]
+    fn key_material_never_reaches_an_error() {
+        let pem = "-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7fuzzSecretBodyQ9xZp4Lk2Wv\\n-----END PRIVATE KEY-----\\n";
+        for template in [
+            r#"{"$PEM": 1}"#,
+            r#"{"identity": {"$PEM": []}}"#,
+            r#"{"add_claims": {"$PEM": 1}}"#,
+            r#"{"copy_claims": {"$PEM": "jwt:sub"}}"#,
+            r#"{"identity": {"subject": ["$PEM"]}}"#,
+            r#"{"copy_claims": {"x": "$PEM"}}"#,
+            r#"{"identity": {"subject": ["header:$PEM"]}}"#,
+            r#"{"identity": {"subject": ["jwt:$PEM~"]}}"#,
+            r#"{"remove_claims": ["$PEM"], "override_claims": {"$PEM": 1}}"#,
+            r#"{"audience": "$PEM\u0001"}"#,
+            r#"{"additional_public_keys": ["$PEM"]}"#,
+            r#"{"tokeA8888r`$PEMm{"": "#,
+            r#"{"a`, expected one of `x`$PEM": 1}"#,
+        ] {
+            let input = template.replace("$PEM", pem);
+            if let Err(e) = parse(&input) {
+                let text = e.to_string();
+                assert!(
+                    !text.contains("MIIEvQ") && !text.contains("Secret"),
+                    "{template}: {text}"
+                );
+            }
+        }
+        // Names still help the operator.
+        assert!(parse(r#"{"audiance":"x"}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("audiance"));
+        assert_eq!(
+            parse(r#"{"add_claims":{"exp":1}}"#).unwrap_err().field,
+            "add_claims.exp"
+        );
+    }
+}

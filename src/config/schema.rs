@@ -1,0 +1,34 @@
+//! The plugin configuration as the operator writes it: every field, typed, unknown fields refused. Validation
+//! and defaults are applied in `config/mod.rs` and the field groups' files.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::cache::RawTokenCache;
+use super::sources::IdentityConfig;
+
+/// The configuration as written by the operator.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub ttl_seconds: Option<i64>,
+    pub signing_key: Option<String>,
+    pub actor: Option<String>,
+    pub identity: Option<IdentityConfig>,
+    pub max_body_bytes: Option<i64>,
+    pub jwt_payload_in_metadata: Option<String>,
+    pub require_subject: Option<bool>,
+    pub required_claims: Option<Vec<String>>,
+    pub copy_claims: Option<BTreeMap<String, String>>,
+    pub add_claims: Option<Map<String, Value>>,
+    pub override_claims: Option<Map<String, Value>>,
+    pub remove_claims: Option<Vec<String>>,
+    pub strip_identity_headers: Option<bool>,
+    pub token_cache: Option<RawTokenCache>,
+    pub algorithm: Option<String>,
+    pub additional_public_keys: Option<Vec<String>>,
+}

@@ -1,0 +1,120 @@
+//! Per-route settings from the matched route's metadata (namespace [`ROUTE_METADATA_NAMESPACE`]):
+//! `metadata: {filter_metadata: {mcp_jwt_signer: {audience: ..., allowed_tools: [...]}}}`.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use crate::mcp;
+use crate::refusal::Refusal;
+
+/// Route metadata namespace read by the filter.
+pub const ROUTE_METADATA_NAMESPACE: &str = "mcp_jwt_signer";
+
+/// The attribute path of this filter's route metadata.
+pub const ROUTE_METADATA_PATH: [&str; 4] = ["xds", "route_metadata", "filter_metadata", ROUTE_METADATA_NAMESPACE];
+
+/// The settings of the route a request takes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteSettings {
+    /// `aud` for this route's MCP server (its canonical URI, RFC 8707), instead of the plugin's `audience`.
+    pub audience: Option<String>,
+    /// Tools this route may call; `None`: no restriction.
+    pub allowed_tools: Option<BTreeSet<String>>,
+}
+
+impl RouteSettings {
+    /// Decodes the route's whole metadata namespace for this filter (`None`: the route sets none). Unknown keys
+    /// are refused: a typo such as `audiance` must not silently mint tokens for the plugin's audience.
+    pub fn from_namespace(value: Option<&Value>) -> Result<RouteSettings, Refusal> {
+        let Some(value) = value else {
+            return Ok(RouteSettings::default());
+        };
+        let map = match value {
+            Value::Object(map) => map,
+            // An empty map and an empty list look the same in Envoy's encoding.
+            Value::Array(items) if items.is_empty() => return Ok(RouteSettings::default()),
+            _ => {
+                return Err(Refusal::BadRouteMetadata(
+                    "route metadata `mcp_jwt_signer` must be a map",
+                ))
+            }
+        };
+        if map.keys().any(|k| k != "audience" && k != "allowed_tools") {
+            return Err(Refusal::BadRouteMetadata(
+                "route metadata `mcp_jwt_signer` has a key other than `audience` and `allowed_tools`",
+            ));
+        }
+        Self::from_values(map.get("audience"), map.get("allowed_tools"))
+    }
+
+    fn from_values(audience: Option<&Value>, allowed_tools: Option<&Value>) -> Result<RouteSettings, Refusal> {
+        let audience = match audience {
+            None => None,
+            Some(Value::String(aud)) if !aud.is_empty() && !aud.chars().any(char::is_control) => Some(aud.clone()),
+            Some(_) => return Err(Refusal::BadRouteMetadata("route metadata `audience` must be a string")),
+        };
+        let allowed_tools = match allowed_tools {
+            None => None,
+            Some(value) => {
+                let tools = match value {
+                    Value::Array(items) => items.as_slice(),
+                    // A one-element list and a string are told apart by shape only; accept a single name too.
+                    Value::String(_) => std::slice::from_ref(value),
+                    _ => {
+                        return Err(Refusal::BadRouteMetadata(
+                            "route metadata `allowed_tools` must be a list",
+                        ))
+                    }
+                };
+                let names: Option<BTreeSet<String>> = tools
+                    .iter()
+                    .map(|t| t.as_str().filter(|n| mcp::is_valid_tool_name(n)).map(str::to_string))
+                    .collect();
+                Some(names.ok_or(Refusal::BadRouteMetadata(
+                    "route metadata `allowed_tools` must list valid tool names",
+                ))?)
+            }
+        };
+        Ok(RouteSettings {
+            audience,
+            allowed_tools,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn route_namespace_decoding() {
+        let ns = json!({"audience": "https://a", "allowed_tools": ["x", "y"]});
+        let r = RouteSettings::from_namespace(Some(&ns)).unwrap();
+        assert_eq!(r.audience.as_deref(), Some("https://a"));
+        assert_eq!(r.allowed_tools.unwrap().len(), 2);
+        assert_eq!(RouteSettings::from_namespace(None).unwrap(), RouteSettings::default());
+        let typo = json!({"audiance": "https://a"});
+        assert!(RouteSettings::from_namespace(Some(&typo)).is_err());
+        let single = json!({"allowed_tools": "x"});
+        assert_eq!(
+            RouteSettings::from_namespace(Some(&single)).unwrap().allowed_tools,
+            Some(BTreeSet::from(["x".to_string()]))
+        );
+        let empty = json!({"allowed_tools": []});
+        assert_eq!(
+            RouteSettings::from_namespace(Some(&empty)).unwrap().allowed_tools,
+            Some(BTreeSet::new())
+        );
+        for bad in [
+            json!({"allowed_tools": ["a b"]}),
+            json!({"allowed_tools": 5}),
+            json!({"audience": 1.0}),
+            json!({"audience": ""}),
+            json!("x"),
+        ] {
+            assert!(RouteSettings::from_namespace(Some(&bad)).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The proxy-wasm adapter: implements [`Host`] with proxy-wasm host calls and carries out the [`Step`]s of the
+//! pure request state machine. Each callback makes one call into the pure side; the adapter holds no policy.
+//!
+//! Host calls go through `proxy_wasm::hostcalls` (which return `Result`) rather than the SDK's trait methods,
+//! which unwrap: a client-controlled value must never be able to panic the VM.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel as WasmLogLevel, MapType, MetricType, Status};
+use serde_json::Value;
+
+use crate::config::SIGNING_KEY_ENV;
+use crate::envoy_value;
+use crate::host::{
+    Effects, HeaderEdit, Headers, Host, HttpFilter, LogLevel, Metric, MetricKind, Next, SharedDataError, Step,
+    Unavailable,
+};
+use crate::plugin::Plugin;
+use crate::request::Request;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(WasmLogLevel::Trace);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(PluginRoot { plugin: None, metrics: Rc::new(Metrics::default()) })
+    });
+}}
+
+/// The proxy-wasm host: stateless, every query is a host call.
+struct WasmHost;
+
+impl Host for WasmHost {
+    fn request_headers(&self) -> Headers {
+        Headers(hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default())
+    }
+
+    fn request_body(&self, len: usize) -> Option<Vec<u8>> {
+        match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, len) {
+            Ok(body) => Some(body.unwrap_or_default()),
+            Err(_) => None,
+        }
+    }
+
+    fn attribute(&self, path: &[&str]) -> Result<Option<Value>, Unavailable> {
+        // Not the SDK's `get_property`, which unwraps: a `null` claim makes Envoy answer SerializationFailure.
+        match hostcalls::get_property(path.to_vec()) {
+            Ok(Some(bytes)) if !bytes.is_empty() => envoy_value::decode(&bytes).map(Some).ok_or(Unavailable),
+            Ok(_) => Ok(None),
+            Err(_) => Err(Unavailable),
+        }
+    }
+
+    fn now_micros(&self) -> Option<u64> {
+        let now = hostcalls::get_current_time().ok()?;
+        Some(now.duration_since(UNIX_EPOCH).ok()?.as_micros() as u64)
+    }
+
+    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(bytes), Some(cas))) => Some((bytes, cas)),
+            _ => None,
+        }
+    }
+
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedDataError> {
+        hostcalls::set_shared_data(key, Some(value), cas).map_err(|status| match status {
+            Status::CasMismatch => SharedDataError::CasMismatch,
+            _ => SharedDataError::Failed,
+        })
+    }
+}
+
+/// Metric ids by name, defined on first use (the fixed ones at configuration, so they show at zero).
+#[derive(Default)]
+struct Metrics {
+    ids: RefCell<HashMap<String, Option<u32>>>,
+}
+
+impl Metrics {
+    fn id(&self, metric: &Metric) -> Option<u32> {
+        let name = metric.name();
+        if let Some(id) = self.ids.borrow().get(name.as_ref()) {
+            return *id;
+        }
+        let kind = match metric.kind() {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Histogram => MetricType::Histogram,
+        };
+        let id = hostcalls::define_metric(kind, &name).ok();
+        self.ids.borrow_mut().insert(name.into_owned(), id);
+        id
+    }
+
+    fn record(&self, metric: &Metric) {
+        let Some(id) = self.id(metric) else { return };
+        let _ = match metric.kind() {
+            MetricKind::Counter => hostcalls::increment_metric(id, metric.value() as i64),
+            MetricKind::Histogram => hostcalls::record_metric(id, metric.value()),
+        };
+    }
+}
+
+fn log(level: LogLevel, line: &str) {
+    match level {
+        LogLevel::Info => log::info!("{line}"),
+        LogLevel::Warn => log::warn!("{line}"),
+        LogLevel::Error => log::error!("{line}"),
+    }
+}
+
+fn emit(metrics: &Metrics, effects: &Effects) {
+    for metric in &effects.metrics {
+        metrics.record(metric);
+    }
+    for (level, line) in &effects.logs {
+        log(*level, line);
+    }
+}
+
+struct PluginRoot {
+    plugin: Option<Rc<Plugin>>,
+    metrics: Rc<Metrics>,
+}
+
+impl Context for PluginRoot {}
+
+impl RootContext for PluginRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(bytes) => bytes.unwrap_or_default(),
+            Err(status) => {
+                log::error!("cannot read plugin configuration: {status:?}");
+                return false;
+            }
+        };
+        let env_key = std::env::var(SIGNING_KEY_ENV).ok();
+        match Plugin::load(&bytes, env_key.as_deref(), &WasmHost) {
+            Ok(loaded) => {
+                for (level, line) in &loaded.logs {
+                    log(*level, line);
+                }
+                for metric in [
+                    Metric::TokensMinted,
+                    Metric::TokenCacheHits,
+                    Metric::DiscoveryServed,
+                    Metric::JwksServed,
+                    Metric::SignDurationUs(0),
+                ] {
+                    self.metrics.id(&metric);
+                }
+                self.plugin = Some(Rc::new(loaded.plugin));
+                true
+            }
+            Err(message) => {
+                // Returning false makes Envoy refuse the plugin: fail closed.
+                log::error!("{message}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let plugin = self.plugin.clone()?;
+        Some(Box::new(WasmRequest {
+            request: Request::new(plugin),
+            metrics: self.metrics.clone(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// One HTTP request: the pure state machine and the metrics it updates.
+struct WasmRequest {
+    request: Request,
+    metrics: Rc<Metrics>,
+}
+
+fn apply(edit: &HeaderEdit) -> Result<(), Status> {
+    match edit {
+        HeaderEdit::Remove(name) => hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None),
+        HeaderEdit::RemoveNamed(name) => hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None),
+        HeaderEdit::Set(name, value) => hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)),
+    }
+}
+
+impl WasmRequest {
+    /// Carries out a step, and the steps it chains to.
+    fn carry_out(&mut self, mut step: Step) -> Action {
+        loop {
+            emit(&self.metrics, &step.effects);
+            if step.edits.iter().map(apply).any(|result| result.is_err()) {
+                step = self.request.on_host_failure("cannot edit the request headers");
+                continue;
+            }
+            match step.next {
+                Next::Continue => return Action::Continue,
+                Next::Pause => return Action::Pause,
+                Next::Respond(response) => {
+                    let headers: Vec<(&str, &str)> = response.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    if let Err(status) = hostcalls::send_http_response(response.status, headers, Some(&response.body)) {
+                        log::error!("cannot send local response: {status:?}");
+                    }
+                    return Action::Pause;
+                }
+                Next::AfterEdits => step = self.request.after_edits(&WasmHost),
+            }
+        }
+    }
+}
+
+impl Context for WasmRequest {}
+
+impl HttpContext for WasmRequest {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let step = self.request.on_request_headers(&WasmHost, end_of_stream);
+        self.carry_out(step)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let step = self.request.on_request_body(&WasmHost, body_size, end_of_stream);
+        self.carry_out(step)
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let step = self.request.on_request_trailers(&WasmHost);
+        self.carry_out(step)
+    }
+}
