@@ -5,7 +5,8 @@
 //! - the scope string is non-empty `mcp:`-prefixed tokens separated by single spaces, no other whitespace;
 //! - an independent reading of the same bytes with plain serde_json finds the same methods, tools and responses
 //!   (so no parser disagreement can widen or narrow a token), and the same id.
-//! Whatever `strict_json` accepts, serde_json reads to the identical value. Every refusal renders a valid
+//! Whatever `strict_json` accepts, serde_json reads to the identical value, and no object in it has two keys that
+//! are equal under case folding (what Go's encoding/json would read as one field). Every refusal renders a valid
 //! JSON-RPC error body and a one-line log entry.
 
 #![no_main]
@@ -29,6 +30,26 @@ fn method_ok(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || "_./-".contains(c))
 }
 
+/// Case folding written independently of the filter's: full lower case, with the folds Go's encoding/json adds.
+fn folded(key: &str) -> String {
+    key.to_lowercase().replace('ſ', "s").replace('ς', "σ")
+}
+
+/// No object anywhere in `value` holds two keys a case-insensitive parser (Go's encoding/json) reads as one.
+fn check_no_case_collisions(value: &Value) {
+    match value {
+        Value::Object(map) => {
+            let mut seen = BTreeSet::new();
+            for (key, inner) in map {
+                assert!(seen.insert(folded(key)), "accepted keys colliding under case folding: {key:?}");
+                check_no_case_collisions(inner);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(check_no_case_collisions),
+        _ => {}
+    }
+}
+
 fn check_scope(scope: &str) {
     assert!(!scope.is_empty(), "empty scope");
     assert!(
@@ -47,6 +68,7 @@ fn check_scope(scope: &str) {
 fuzz_target!(|data: &[u8]| {
     let strict = strict_json::parse(data);
     if let Ok(value) = &strict {
+        check_no_case_collisions(value);
         let loose: Value = serde_json::from_slice(data).expect("strict_json accepted a text serde_json refuses");
         assert_eq!(&loose, value, "strict_json and serde_json read different values");
     }
