@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 OCI_DIR    := target/oci/mcp-jwt-signer
 FUZZ_SECONDS ?= 15
 
-.PHONY: all build target venv test unit lint e2e run bench oci schemas tools fuzz supply-chain clean
+.PHONY: all build target venv test unit lint e2e run bench oci schemas tools prometheus fuzz supply-chain clean
 
 all: build
 
@@ -75,10 +75,18 @@ deploy/schemas/node_modules/.installed: deploy/schemas/package-lock.json
 	npm ci --prefix deploy/schemas --no-audit --no-fund
 	@touch $@
 
-## tools: skopeo and umoci (Debian) to check the OCI image
+## tools: Debian's skopeo and umoci (OCI image checks), prometheus + promtool (deploy/prometheus checks) and
+## docker-compose (docker-compose.yml parsed by a real Compose: it needs no Docker engine for `config`)
 tools:
-	@command -v skopeo >/dev/null && command -v umoci >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo umoci; }
+	@command -v skopeo >/dev/null && command -v umoci >/dev/null && command -v prometheus >/dev/null && \
+	  command -v promtool >/dev/null && command -v docker-compose >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      skopeo umoci prometheus docker-compose; }
+
+## prometheus: only the Prometheus server and promtool (Debian's prometheus package), as `make tools` installs them
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 ## run: the demo: Envoy + the filter in front of a small upstream that shows the token it received
 run: build venv

@@ -28,11 +28,10 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 from cryptography.hazmat.primitives import serialization
 from mcp import types
 
-from harness import REPO, load_envoy_yaml, rpc, start_envoy, upstream_cluster_name, verify_with_discovery
+from harness import REPO, rpc, start_envoy, verify_with_discovery
 from mcp_helpers import (
     CALL_TOOL,
     FLUSH_ARGS,
@@ -381,7 +380,7 @@ def test_server_checks_the_discovery_document_names_its_issuer(stack, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# demo wiring: docker-compose.yml and the pins agree with what the tests run
+# demo wiring: the pins agree with what the tests run (docker-compose.yml: test_compose.py)
 # ----------------------------------------------------------------------------------------------------------------
 def _pins(path: Path) -> dict:
     pins = {}
@@ -400,18 +399,3 @@ def test_example_requirements_pin_what_the_tests_use():
     assert {"fastmcp", "mcp"} <= set(example), example
     for name, version in example.items():
         assert tests.get(name) == version, f"{name}: examples pin {version}, tests pin {tests.get(name)}"
-
-
-def test_compose_runs_the_example_server_where_envoy_yaml_expects_it():
-    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    svc = compose["services"]["mcp-server"]
-    command = " ".join(svc["command"]) if isinstance(svc["command"], list) else svc["command"]
-    assert "examples/weather_server.py" in command and "recording_upstream" not in command, command
-    cfg = load_envoy_yaml()
-    (cluster,) = [c for c in cfg["static_resources"]["clusters"] if c["name"] == upstream_cluster_name(cfg)]
-    port = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-    assert f"--port {port['port_value']}" in command, command
-    issuer = envoy_yaml_plugin_config()["issuer"]
-    assert f"--issuer {issuer}" in command, command
-    mounts = [v.split(":")[:2] for v in svc.get("volumes", [])]
-    assert ["./examples", "/srv/examples"] in mounts, mounts

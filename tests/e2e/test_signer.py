@@ -15,12 +15,10 @@ import json
 import re
 import time
 import uuid
-from pathlib import Path
 
 import jwt
 import pytest
 import requests
-import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -28,7 +26,6 @@ from harness import (
     MCP_HEADERS,
     DISCOVERY_SUFFIX,
     JWKS_SUFFIX,
-    REPO,
     b64url_decode,
     b64url_uint,
     load_envoy_yaml,
@@ -764,124 +761,3 @@ def test_non_utf8_identity_header_does_not_break_the_worker(envoy, upstream):
         assert r.status_code == 200, f"worker broken after a non-UTF-8 header: {r.status_code} {r.text[:200]!r}"
         (req,) = upstream.wait_for(1)
         assert verify_with_discovery(req.bearer_token(), e.url, "mcp")["sub"] == "alice"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# docker-compose.yml agrees with envoy.yaml
-# ----------------------------------------------------------------------------------------------------------------
-def _compose():
-    path = REPO / "docker-compose.yml"
-    assert path.exists(), "docker-compose.yml is missing at the repository root"
-    compose = yaml.safe_load(path.read_text())
-    envoys = [(name, svc) for name, svc in (compose.get("services") or {}).items()
-              if str(svc.get("image", "")).split(":")[0].endswith("envoyproxy/envoy")]
-    assert len(envoys) == 1, f"expected one envoyproxy/envoy service, found {[n for n, _ in envoys]}"
-    return envoys[0][1]
-
-
-def _mounts(svc) -> list:
-    """(host path resolved against the repo, container path) for each bind mount."""
-    out = []
-    for v in svc.get("volumes", []) or []:
-        if isinstance(v, str):
-            parts = v.split(":")
-            if len(parts) < 2:
-                continue
-            src, dst = parts[0], parts[1]
-        else:
-            if v.get("type", "bind") != "bind":
-                continue
-            src, dst = v["source"], v["target"]
-        if not (src.startswith(".") or src.startswith("/")):
-            continue  # a named volume
-        out.append(((REPO / src).resolve() if not src.startswith("/") else Path(src), dst))
-    return out
-
-
-def _container_path(host_file: Path, mounts) -> list:
-    hits = []
-    for src, dst in mounts:
-        if host_file == src:
-            hits.append(dst)
-        elif src in host_file.parents:
-            hits.append(str(Path(dst) / host_file.relative_to(src)))
-    return hits
-
-
-def _envoy_config_path_in_container(svc) -> str:
-    cmd = svc.get("command")
-    if cmd is None:
-        return "/etc/envoy/envoy.yaml"  # the official image's default
-    args = cmd.split() if isinstance(cmd, str) else [str(a) for a in cmd]
-    for i, a in enumerate(args):
-        if a in ("-c", "--config-path") and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith("--config-path="):
-            return a.split("=", 1)[1]
-    return "/etc/envoy/envoy.yaml"
-
-
-def test_compose_uses_a_recent_envoy_image():
-    image = str(_compose()["image"])
-    m = re.search(r":(?:[a-z-]*-)?v?(\d+)\.(\d+)", image)
-    assert m, f"envoy image {image!r} should carry a version tag"
-    assert (int(m.group(1)), int(m.group(2))) >= (1, 35), f"{image}: allow_on_headers_stop_iteration needs >= 1.35"
-
-
-def test_compose_mounts_envoy_yaml_and_the_wasm():
-    svc = _compose()
-    mounts = _mounts(svc)
-    cfg_in_container = _envoy_config_path_in_container(svc)
-    assert cfg_in_container in _container_path(REPO / "envoy.yaml", mounts), \
-        f"envoy.yaml is not mounted at {cfg_in_container} (mounts: {mounts})"
-
-    filename = wasm_filter_config(load_envoy_yaml())["vm_config"]["code"]["local"]["filename"]
-    workdir = svc.get("working_dir", "/")
-    wasm_in_container = filename if filename.startswith("/") else str(Path(workdir) / filename)
-    host_wasm = (REPO / filename).resolve() if not filename.startswith("/") else None
-    assert host_wasm is not None, f"envoy.yaml names an absolute wasm path {filename!r}; make run needs it relative"
-    assert wasm_in_container in _container_path(host_wasm, mounts), \
-        f"the wasm envoy.yaml names ({filename}, i.e. {wasm_in_container} in the container) is not mounted " \
-        f"from {host_wasm} (mounts: {mounts}, working_dir: {workdir})"
-
-
-def _published_container_ports(svc) -> set:
-    ports = set()
-    for p in svc.get("ports", []) or []:
-        if isinstance(p, dict):
-            ports.add(int(p["target"]))
-        else:
-            spec = str(p).split("/")[0]
-            ports.add(int(spec.rsplit(":", 1)[-1]))
-    return ports
-
-
-def test_compose_publishes_listener_and_admin_ports():
-    svc = _compose()
-    cfg = load_envoy_yaml()
-    listener_port = cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
-    admin_port = cfg["admin"]["address"]["socket_address"]["port_value"]
-    if svc.get("network_mode") == "host":
-        # The container shares the host's ports (compose discards `ports:` in this mode): they must at least be
-        # declared, so a reader of the compose file sees the ports envoy.yaml really uses.
-        exposed = {int(str(p).split("/")[0]) for p in svc.get("expose", []) or []}
-        assert {listener_port, admin_port} <= exposed, f"expose {sorted(exposed)}, envoy.yaml uses " \
-                                                        f"{listener_port} and {admin_port}"
-        assert not svc.get("ports"), "ports: is ignored with network_mode: host"
-        return
-    published = _published_container_ports(svc)
-    assert {listener_port, admin_port} <= published, f"published {sorted(published)}, envoy.yaml uses " \
-                                                     f"{listener_port} and {admin_port}"
-
-
-def test_compose_published_ports_are_reachable():
-    """A port published from a bridged container reaches the container's interface, not its 127.0.0.1."""
-    svc = _compose()
-    if svc.get("network_mode") == "host":
-        return
-    cfg = load_envoy_yaml()
-    for what, addr in (("listener", cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["address"]),
-                       ("admin", cfg["admin"]["address"]["socket_address"]["address"])):
-        assert not addr.startswith("127."), \
-            f"envoy.yaml binds the {what} to {addr}: unreachable through docker's published ports " \
-            f"(use network_mode: host, or bind 0.0.0.0 in the container)"
