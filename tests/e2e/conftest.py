@@ -37,6 +37,7 @@ from harness import (  # noqa: E402,F401 - re-exported helpers
     verify_with_discovery,
 )
 from recording_upstream import RecordingUpstream  # noqa: E402
+from oauth_server import oauth_server  # noqa: E402,F401 - fixture: a real OAuth 2.1 authorization server
 
 
 @pytest.fixture
