@@ -99,11 +99,14 @@ def direct(stack, body, token=None, headers=None):
 def test_sdk_whoami_and_get_weather_through_the_gateway(stack, mode):
     async def session(c):
         tools = await c.list_tools()
-        return c.server_info, tools, await c.call_tool("whoami", {}), \
+        return c.server_info, c.protocol_version, tools, await c.call_tool("whoami", {}), \
             await c.call_tool("get_weather", {"city": "Paris"})
 
-    info, tools, me, weather = run_sdk(stack.mcp_url, session, headers=USER, mode=mode)
+    info, version, tools, me, weather = run_sdk(stack.mcp_url, session, headers=USER, mode=mode)
     assert info.name == "weather-ts"
+    # The TypeScript SDK 1.32.2 has no 2026-07-28 (stateless) revision: even the SDK client's auto mode, which
+    # probes server/discover first, ends up with the handshake.
+    assert version == "2025-11-25", version
     assert {t.name for t in tools.tools} == {"whoami", "get_weather"}
     seen = tool_json(me)
     # exactly the claims the filter minted: its issuer, audience, identity and the least-privilege scope
