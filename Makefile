@@ -15,7 +15,8 @@ PYTEST_ARGS ?=
 OCI_DIR    := target/oci/mcp-jwt-signer
 FUZZ_SECONDS ?= 15
 
-.PHONY: all build target venv test unit lint e2e run bench oci schemas tools prometheus fuzz supply-chain clean
+.PHONY: all build target venv test unit lint e2e run bench oci schemas tools prometheus node-deps oauth-deps \
+        ts-server go-tools fuzz supply-chain clean
 
 all: build
 
@@ -49,7 +50,7 @@ lint: target
 unit:
 	cargo test
 
-e2e: build venv schemas tools
+e2e: build venv schemas tools node-deps
 	$(VPY) -m pytest tests/e2e -q $(PYTEST_ARGS)
 
 ## fuzz: each cargo-fuzz target for FUZZ_SECONDS (installs cargo-fuzz when missing); a crash fails the run
@@ -75,13 +76,41 @@ deploy/schemas/node_modules/.installed: deploy/schemas/package-lock.json
 	npm ci --prefix deploy/schemas --no-audit --no-fund
 	@touch $@
 
-## tools: Debian's skopeo and umoci (OCI image checks), prometheus + promtool (deploy/prometheus checks) and
-## docker-compose (docker-compose.yml parsed by a real Compose: it needs no Docker engine for `config`)
+## node-deps: the node parts of the e2e tests: the OAuth authorization server and the TypeScript example server
+node-deps: oauth-deps ts-server
+
+## oauth-deps: oidc-provider for the tests' OAuth 2.1 authorization server (pinned by tests/e2e/oauth/package-lock.json)
+oauth-deps: tests/e2e/oauth/node_modules/.installed
+
+tests/e2e/oauth/node_modules/.installed: tests/e2e/oauth/package-lock.json
+	npm ci --prefix tests/e2e/oauth --no-audit --no-fund
+	@touch $@
+
+## ts-server: examples/ts-server (official MCP TypeScript SDK + jose), installed and compiled into its dist/
+ts-server: examples/ts-server/dist/server.js
+
+examples/ts-server/node_modules/.installed: examples/ts-server/package-lock.json
+	npm ci --prefix examples/ts-server --no-audit --no-fund
+	@touch $@
+
+examples/ts-server/dist/server.js: examples/ts-server/node_modules/.installed examples/ts-server/src/server.ts \
+                                   examples/ts-server/tsconfig.json
+	npm run --prefix examples/ts-server build
+	@touch $@
+
+## go-tools: Debian's Go toolchain, for the parser-differential server (tests/e2e/go_server, standard library only)
+go-tools:
+	@command -v go >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go; }
+
+## tools: Debian's skopeo and umoci (OCI image checks), prometheus + promtool (deploy/prometheus checks),
+## docker-compose (docker-compose.yml parsed by a real Compose: it needs no Docker engine for `config`) and golang-go
+## (the parser-differential server), in one apt run
 tools:
 	@command -v skopeo >/dev/null && command -v umoci >/dev/null && command -v prometheus >/dev/null && \
-	  command -v promtool >/dev/null && command -v docker-compose >/dev/null || \
+	  command -v promtool >/dev/null && command -v docker-compose >/dev/null && command -v go >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	      skopeo umoci prometheus docker-compose; }
+	      skopeo umoci prometheus docker-compose golang-go; }
 
 ## prometheus: only the Prometheus server and promtool (Debian's prometheus package), as `make tools` installs them
 prometheus:
@@ -94,4 +123,4 @@ run: build venv
 
 clean:
 	cargo clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) tests/e2e/oauth/node_modules examples/ts-server/node_modules examples/ts-server/dist

@@ -6,6 +6,10 @@ Envoy FAIL, never skip, when it does not.
 
 Helpers (importable from `harness`, re-exported here): rpc(), verify_with_discovery(), rfc7638_thumbprint(),
 raw_request(), start_envoy(), start_envoy_expect_failure(), running_gateway().
+
+Test parts around the gateway, each in its own module: `oauth_server` (fixture, oauth_server.py: a real OAuth 2.1
+authorization server), ts_server.TsServer (examples/ts-server), go_server.GoServer (the parser-differential
+server), plain_envoy.start_envoy_config (an Envoy without the filter). `make node-deps go-tools` installs them.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from harness import (  # noqa: E402,F401 - re-exported helpers
     verify_with_discovery,
 )
 from recording_upstream import RecordingUpstream  # noqa: E402
+from oauth_server import oauth_server  # noqa: E402,F401 - fixture: a real OAuth 2.1 authorization server
 
 
 @pytest.fixture
