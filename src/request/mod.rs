@@ -24,7 +24,7 @@ mod sign;
 mod tests;
 
 pub use gate::{issuer_for, on_body, on_headers, BodyPlan, HeadDecision, RequestHead};
-pub use route::{RouteSettings, ROUTE_METADATA_NAMESPACE, ROUTE_METADATA_PATH};
+pub use route::{RouteKey, RouteSettings, ROUTE_METADATA_NAMESPACE, ROUTE_METADATA_PATH};
 pub use routing_headers::check_routing_headers;
 pub use sign::{authorize, token_for, SignRequest, Token};
 
@@ -47,6 +47,8 @@ struct Head {
     issuer: Issuer,
     /// The route's settings, read before any header edit (a refusal is reported when the request is signed).
     route: Result<RouteSettings, Refusal>,
+    /// The route's identity at that moment.
+    route_key: RouteKey,
 }
 
 /// Where the request stands.
@@ -55,8 +57,8 @@ enum Phase {
     Start,
     /// Buffering the body.
     Body(Box<Head>, BodyPlan),
-    /// The token header is set; waiting for the edits to be applied.
-    Signed,
+    /// The token header is set; waiting for the edits to be applied, then for the route to be confirmed.
+    Signed(Box<RouteKey>),
     /// Forwarded or answered: nothing more to do.
     Done,
 }
@@ -125,11 +127,8 @@ impl Request {
             edits.push(HeaderEdit::Remove("authorization"));
             headers.remove("authorization");
         }
-        let issuer = match issuer_for(
-            config,
-            headers.first(":scheme").unwrap_or_default(),
-            headers.first(":authority").unwrap_or_default(),
-        ) {
+        let tls = || matches!(host.attribute(&gate::TLS_VERSION_PATH), Ok(Some(_)));
+        let issuer = match issuer_for(config, tls, headers.first(":authority").unwrap_or_default()) {
             Ok(issuer) => issuer,
             Err(refusal) => return self.refuse(refusal, Effects::default()),
         };
@@ -149,17 +148,21 @@ impl Request {
             HeadDecision::Sign(call) => BodyPlan::MustBeEmpty(call),
             HeadDecision::AwaitBody(plan) => plan,
         };
-        let route = match host.attribute(&ROUTE_METADATA_PATH) {
-            Ok(value) => RouteSettings::from_namespace(value.as_ref()),
-            Err(_) => Err(Refusal::BadRouteMetadata("route metadata could not be read")),
-        };
+        // The route as it is before the filter edits anything (one read per part).
+        let route_key = RouteKey::read(host);
+        let route = route_key.settings();
         // Only the identity headers present in the request are removed (each removal is a host call).
         for name in &config.stripped_headers {
             if headers.contains(name) {
                 edits.push(HeaderEdit::RemoveNamed(name.clone()));
             }
         }
-        let head = Box::new(Head { headers, issuer, route });
+        let head = Box::new(Head {
+            headers,
+            issuer,
+            route,
+            route_key,
+        });
         if end_of_stream {
             let mut step = self.sign(&head, &plan, &[], host);
             edits.append(&mut step.edits);
@@ -186,9 +189,7 @@ impl Request {
         if let Call::Messages(messages) = &call {
             self.request_id = messages.id.clone();
         }
-        let methods: Vec<&[u8]> = head.headers.all("mcp-method").collect();
-        let names: Vec<&[u8]> = head.headers.all("mcp-name").collect();
-        if let Err(refusal) = check_routing_headers(&call, &methods, &names) {
+        if let Err(refusal) = check_routing_headers(&call, &head.headers) {
             return self.refuse(refusal, Effects::default());
         }
         let route = match &head.route {
@@ -230,7 +231,7 @@ impl Request {
                     .push(Metric::SignDurationUs(done_us.saturating_sub(started_us)));
             }
         }
-        self.phase = Phase::Signed;
+        self.phase = Phase::Signed(Box::new(head.route_key.clone()));
         Step {
             edits: vec![HeaderEdit::Set("authorization", format!("Bearer {}", token.jwt))],
             effects,
@@ -264,7 +265,7 @@ impl HttpFilter for Request {
                 self.sign(&head, &plan, &body, host)
             }
             Phase::Done => Step::just(Next::Continue),
-            Phase::Start | Phase::Signed => {
+            Phase::Start | Phase::Signed(_) => {
                 self.refuse(Refusal::Internal("body outside the body phase"), Effects::default())
             }
         }
@@ -278,10 +279,13 @@ impl HttpFilter for Request {
         }
     }
 
-    fn after_edits(&mut self, _host: &dyn Host) -> Step {
-        match self.phase {
-            Phase::Signed => {
-                self.phase = Phase::Done;
+    fn after_edits(&mut self, host: &dyn Host) -> Step {
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Signed(before) => {
+                // The token is for the route read before the edits; the router now matches on the edited headers.
+                if RouteKey::read(host) != *before {
+                    return self.refuse(Refusal::RouteChanged, Effects::default());
+                }
                 Step::just(Next::Continue)
             }
             _ => self.refuse(Refusal::Internal("edits applied outside signing"), Effects::default()),

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use crate::host::{Host, Unavailable};
 use crate::mcp;
 use crate::refusal::Refusal;
 
@@ -13,6 +14,45 @@ pub const ROUTE_METADATA_NAMESPACE: &str = "mcp_jwt_signer";
 
 /// The attribute path of this filter's route metadata.
 pub const ROUTE_METADATA_PATH: [&str; 4] = ["xds", "route_metadata", "filter_metadata", ROUTE_METADATA_NAMESPACE];
+
+/// What identifies the route a request takes, read before the filter's first header edit and again after its
+/// last: Envoy's wasm host clears the route cache on every header write, so the router matches again on the
+/// edited headers. If the route changed, the token (scoped from the first route's metadata) would reach another
+/// route's server: the request is refused instead.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteKey {
+    /// `xds/route_name` (`None` for an unnamed route).
+    pub name: Option<Value>,
+    /// `xds/cluster_name`: where the request goes.
+    pub cluster: Option<Value>,
+    /// This filter's route metadata (audience, allow-list), or the failure to read it.
+    pub metadata: Result<Option<Value>, Unavailable>,
+}
+
+/// The attribute paths of a [`RouteKey`].
+pub const ROUTE_NAME_PATH: [&str; 2] = ["xds", "route_name"];
+/// See [`ROUTE_NAME_PATH`].
+pub const CLUSTER_NAME_PATH: [&str; 2] = ["xds", "cluster_name"];
+
+impl RouteKey {
+    /// Reads the current route's key (three attribute reads). A name that cannot be read reads as absent: the
+    /// comparison still catches a change of the other parts.
+    pub fn read(host: &dyn Host) -> RouteKey {
+        RouteKey {
+            name: host.attribute(&ROUTE_NAME_PATH).ok().flatten(),
+            cluster: host.attribute(&CLUSTER_NAME_PATH).ok().flatten(),
+            metadata: host.attribute(&ROUTE_METADATA_PATH),
+        }
+    }
+
+    /// The route's settings for this filter.
+    pub fn settings(&self) -> Result<RouteSettings, Refusal> {
+        match &self.metadata {
+            Ok(value) => RouteSettings::from_namespace(value.as_ref()),
+            Err(Unavailable) => Err(Refusal::BadRouteMetadata("route metadata could not be read")),
+        }
+    }
+}
 
 /// The settings of the route a request takes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

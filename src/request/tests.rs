@@ -495,3 +495,100 @@ fn a_router_fake_reroutes_after_edits() {
         Some(json!("default"))
     );
 }
+
+#[test]
+fn a_token_over_max_token_bytes_is_refused_before_signing() {
+    let host = FakeHost::default();
+    let p = plugin(r#"{"max_token_bytes":2048}"#, &host);
+    let batch: Vec<Value> = (0..100)
+        .map(|i| json!({"jsonrpc":"2.0","id":i,"method":"tools/call","params":{"name":format!("tool_{i:03}")}}))
+        .collect();
+    let e = exchange(&p, &host, &Req::post(&Value::Array(batch).to_string()));
+    assert_refused(&e, 400, -32600, "token_too_large");
+    assert!(!e.effects.metrics.contains(&Metric::TokensMinted));
+    let message = e.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("max_token_bytes") && message.contains("2048"),
+        "{message}"
+    );
+    // The same batch under the default (8 KiB) fits.
+    let p = plugin("{}", &host);
+    let small: Vec<Value> = (0..20)
+        .map(|i| json!({"jsonrpc":"2.0","id":i,"method":"tools/call","params":{"name":format!("tool_{i:03}")}}))
+        .collect();
+    let e = exchange(&p, &host, &Req::post(&Value::Array(small).to_string()));
+    assert!(e.forwarded.is_some());
+    assert!(e.forwarded_header("authorization").unwrap().len() <= 8192 + 7);
+}
+
+/// Two routes chosen by `x-team-id` (red, else default), each with its own audience, as Envoy would match them.
+fn team_routes() -> FakeHost {
+    static ROUTES: std::sync::OnceLock<Vec<(&'static str, Value)>> = std::sync::OnceLock::new();
+    let routes = ROUTES.get_or_init(|| {
+        vec![
+            ("default", json!({"audience": "https://default.example.com/mcp"})),
+            (
+                "red",
+                json!({"audience": "https://red.example.com/mcp", "allowed_tools": ["get_weather"]}),
+            ),
+        ]
+    });
+    route_host(routes.as_slice())
+}
+
+#[test]
+fn a_token_never_reaches_a_route_it_was_not_minted_for() {
+    // Routing on an identity header that the filter strips: the router would send the red token to the default
+    // server. Refused, with a log line that says why.
+    let host = team_routes();
+    let p = plugin(r#"{"identity":{"actor":["header:x-team-id"]}}"#, &host);
+    let e = exchange(&p, &host, &Req::post(TOOLS_CALL).header("x-team-id", "red"));
+    assert_refused(&e, 500, -32603, "route_changed");
+    assert!(e.effects.logs.last().unwrap().1.contains("route changed"));
+    // Without stripping, the route stays red and the token is red's.
+    let p = plugin(
+        r#"{"identity":{"actor":["header:x-team-id"]},"strip_identity_headers":false}"#,
+        &host,
+    );
+    let e = exchange(&p, &host, &Req::post(TOOLS_CALL).header("x-team-id", "red"));
+    let claims = verified_claims(&p, &host, &e, "https://red.example.com/mcp");
+    assert_eq!(claims["act"]["sub"], "red");
+    // A request that does not name the team takes the default route with the default audience.
+    let e = exchange(&p, &host, &Req::post(TOOLS_CALL));
+    verified_claims(&p, &host, &e, "https://default.example.com/mcp");
+}
+
+#[test]
+fn a_route_matching_on_the_token_header_is_refused() {
+    // A route chosen by the presence of `authorization`: the filter's own token would flip the route.
+    let router: Router = Rc::new(|headers: &Headers| {
+        let (name, aud) = if headers.contains("authorization") {
+            ("authenticated", "https://a.example.com")
+        } else {
+            ("anonymous", "https://b.example.com")
+        };
+        HashMap::from([
+            ("xds/route_name".to_string(), json!(name)),
+            ("xds/cluster_name".to_string(), json!(name)),
+            (
+                "xds/route_metadata/filter_metadata/mcp_jwt_signer".to_string(),
+                json!({"audience": aud}),
+            ),
+        ])
+    });
+    let host = FakeHost {
+        router: Some(router),
+        ..FakeHost::default()
+    };
+    let p = plugin("{}", &host);
+    assert_refused(
+        &exchange(&p, &host, &Req::post(TOOLS_CALL)),
+        500,
+        -32603,
+        "route_changed",
+    );
+    // A client that sent its own authorization was matched to the authenticated route before the filter edited
+    // anything, and stays there with our token in place of its own: consistent, so it is signed.
+    let e = exchange(&p, &host, &Req::post(TOOLS_CALL).header("authorization", "Bearer x"));
+    verified_claims(&p, &host, &e, "https://a.example.com");
+}
