@@ -56,7 +56,7 @@ pub struct McpCall {
     /// The body is a JSON-RPC batch (an array).
     pub batch: bool,
     /// The message, when the body is a single one.
-    pub single: Option<Message>,
+    pub single: Option<Box<Message>>,
 }
 
 /// Why a body was refused; maps onto JSON-RPC error codes.
@@ -133,7 +133,7 @@ pub fn parse_body(body: &[u8]) -> Result<McpCall, McpError> {
         }
         single => {
             call.id = usable_id(&single);
-            call.single = Some(read_message(&single, &mut call)?);
+            call.single = Some(Box::new(read_message(&single, &mut call)?));
         }
     }
     Ok(call)
