@@ -12,13 +12,19 @@ use std::rc::Rc;
 
 use serde_json::Value;
 
-use super::{Effects, HeaderEdit, Headers, Host, HttpFilter, LocalResponse, Next, SharedDataError, Step, Unavailable};
+use super::{
+    Callout, CalloutResponse, Effects, HeaderEdit, Headers, Host, HttpFilter, LocalResponse, Next, SharedDataError,
+    Step, Unavailable,
+};
 
 /// Route attributes (`xds/...` paths) as a function of the current request headers: a router.
 pub type Router = Rc<dyn Fn(&Headers) -> HashMap<String, Value>>;
 
 /// Shared data of one fake proxy: what all its fake workers see.
 pub type SharedData = Rc<RefCell<HashMap<String, (Vec<u8>, u32)>>>;
+
+/// Answers the filter's callouts (`None`: the callout fails, as on a reset or a timeout).
+pub type Responder = Rc<dyn Fn(&Callout) -> Option<CalloutResponse>>;
 
 /// The request and the proxy around it, in memory.
 pub struct FakeHost {
@@ -38,6 +44,8 @@ pub struct FakeHost {
     pub shared: SharedData,
     /// Number of attribute reads (to check what the warm path costs).
     pub attribute_reads: Cell<usize>,
+    /// The other end of the filter's callouts; without one, every callout fails.
+    pub responder: Option<Responder>,
 }
 
 impl Default for FakeHost {
@@ -51,6 +59,7 @@ impl Default for FakeHost {
             now_micros: Cell::new(1_700_000_000_000_000),
             shared: SharedData::default(),
             attribute_reads: Cell::new(0),
+            responder: None,
         }
     }
 }
@@ -222,6 +231,8 @@ pub struct Exchange {
     pub effects: Effects,
     /// Every header edit, in order.
     pub edits: Vec<HeaderEdit>,
+    /// Every callout the filter made, in order.
+    pub callouts: Vec<Callout>,
 }
 
 impl Exchange {
@@ -262,6 +273,7 @@ fn carry_out(filter: &mut dyn HttpFilter, host: &FakeHost, step: Step, exchange:
     loop {
         exchange.effects.metrics.extend(step.effects.metrics);
         exchange.effects.logs.extend(step.effects.logs);
+        exchange.effects.audit.extend(step.effects.audit);
         for edit in &step.edits {
             host.apply(edit);
             exchange.edits.push(edit.clone());
@@ -274,6 +286,11 @@ fn carry_out(filter: &mut dyn HttpFilter, host: &FakeHost, step: Step, exchange:
                 return Flow::Answered;
             }
             Next::AfterEdits => step = filter.after_edits(host),
+            Next::Callout(callout) => {
+                let response = host.responder.as_ref().and_then(|answer| answer(&callout));
+                exchange.callouts.push(callout);
+                step = filter.on_callout_response(host, response);
+            }
         }
     }
 }

@@ -34,7 +34,7 @@ use serde_json::Value;
 
 use crate::claims::{self, Call};
 use crate::config::Issuer;
-use crate::host::{Effects, HeaderEdit, Headers, Host, HttpFilter, LogLevel, Metric, Next, Step};
+use crate::host::{CalloutResponse, Effects, HeaderEdit, Headers, Host, HttpFilter, LogLevel, Metric, Next, Step};
 use crate::plugin::Plugin;
 use crate::refusal::Refusal;
 use crate::well_known::Endpoint;
@@ -110,7 +110,7 @@ impl Request {
             edits: Vec::new(),
             effects: Effects {
                 metrics: vec![metric],
-                logs: Vec::new(),
+                ..Effects::default()
             },
             next: Next::Respond(response),
         }
@@ -294,5 +294,12 @@ impl HttpFilter for Request {
 
     fn on_host_failure(&mut self, what: &'static str) -> Step {
         self.refuse(Refusal::Internal(what), Effects::default())
+    }
+
+    fn on_callout_response(&mut self, _host: &dyn Host, _response: Option<CalloutResponse>) -> Step {
+        self.refuse(
+            Refusal::Internal("a callout the filter did not make"),
+            Effects::default(),
+        )
     }
 }

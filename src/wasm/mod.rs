@@ -17,8 +17,8 @@ use serde_json::Value;
 use crate::config::SIGNING_KEY_ENV;
 use crate::envoy_value;
 use crate::host::{
-    Effects, HeaderEdit, Headers, Host, HttpFilter, LogLevel, Metric, MetricKind, Next, SharedDataError, Step,
-    Unavailable,
+    CalloutResponse, Effects, HeaderEdit, Headers, Host, HttpFilter, LogLevel, Metric, MetricKind, Next,
+    SharedDataError, Step, Unavailable, AUDIT_NAMESPACE,
 };
 use crate::plugin::Plugin;
 use crate::request::Request;
@@ -119,6 +119,12 @@ fn emit(metrics: &Metrics, effects: &Effects) {
     for (level, line) in &effects.logs {
         log(*level, line);
     }
+    for (key, value) in &effects.audit {
+        // Filter state `wasm.mcp_jwt_signer.<key>`, JSON text; read in access logs as
+        // %FILTER_STATE(wasm.mcp_jwt_signer.<key>:PLAIN)%.
+        let path = format!("{AUDIT_NAMESPACE}.{key}");
+        let _ = hostcalls::set_property(vec![path.as_str()], Some(value.to_string().as_bytes()));
+    }
 }
 
 struct PluginRoot {
@@ -210,12 +216,46 @@ impl WasmRequest {
                     return Action::Pause;
                 }
                 Next::AfterEdits => step = self.request.after_edits(&WasmHost),
+                Next::Callout(callout) => {
+                    let headers: Vec<(&str, &str)> =
+                        callout.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    let timeout = std::time::Duration::from_millis(callout.timeout_ms);
+                    match hostcalls::dispatch_http_call(&callout.cluster, headers, Some(&callout.body), vec![], timeout)
+                    {
+                        Ok(_) => return Action::Pause,
+                        Err(_) => step = self.request.on_callout_response(&WasmHost, None),
+                    }
+                }
             }
         }
     }
 }
 
-impl Context for WasmRequest {}
+impl Context for WasmRequest {
+    fn on_http_call_response(&mut self, _token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let headers = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let status = headers
+            .iter()
+            .find(|(k, _)| k == ":status")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .and_then(|s| s.parse().ok());
+        let response = status.map(|status| CalloutResponse {
+            status,
+            body: hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+            headers,
+        });
+        let step = self.request.on_callout_response(&WasmHost, response);
+        match self.carry_out(step) {
+            Action::Continue => {
+                let _ = hostcalls::resume_http_request();
+            }
+            _ => {}
+        }
+    }
+}
 
 impl HttpContext for WasmRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
