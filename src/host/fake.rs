@@ -267,7 +267,7 @@ enum Flow {
     Answered,
 }
 
-/// Carries out a step (and the `after_edits` steps it chains to), as an adapter does.
+/// Carries out a step (and the steps it chains to), as an adapter does.
 fn carry_out(filter: &mut dyn HttpFilter, host: &FakeHost, step: Step, exchange: &mut Exchange) -> Flow {
     let mut step = step;
     loop {
@@ -285,7 +285,6 @@ fn carry_out(filter: &mut dyn HttpFilter, host: &FakeHost, step: Step, exchange:
                 exchange.response = Some(response);
                 return Flow::Answered;
             }
-            Next::AfterEdits => step = filter.after_edits(host),
             Next::Callout(callout) => {
                 let response = host.responder.as_ref().and_then(|answer| answer(&callout));
                 exchange.callouts.push(callout);
@@ -298,6 +297,17 @@ fn carry_out(filter: &mut dyn HttpFilter, host: &FakeHost, step: Step, exchange:
 /// Sends `request` through `filter` on `host` and reports what happened. The host's headers and body are
 /// replaced by the request's.
 pub fn send(filter: &mut dyn HttpFilter, host: &FakeHost, request: &Request) -> Exchange {
+    send_through(filter, None, host, request)
+}
+
+/// [`send`], with `upstream` (e.g. the route guard) run as an upstream HTTP filter: after the router has matched
+/// the route again on the edited headers, before anything reaches the upstream.
+pub fn send_through(
+    filter: &mut dyn HttpFilter,
+    upstream: Option<&mut dyn HttpFilter>,
+    host: &FakeHost,
+    request: &Request,
+) -> Exchange {
     *host.headers.borrow_mut() = Headers(request.headers.clone());
     host.body.borrow_mut().clear();
     let mut exchange = Exchange::default();
@@ -327,6 +337,10 @@ pub fn send(filter: &mut dyn HttpFilter, host: &FakeHost, request: &Request) -> 
             (_, Flow::Answered) => Flow::Answered,
             (_, next) => next,
         };
+    }
+    if let (Flow::Continued, Some(upstream)) = (&flow, upstream) {
+        let step = upstream.on_request_headers(host, false);
+        flow = carry_out(upstream, host, step, &mut exchange);
     }
     if let Flow::Continued = flow {
         exchange.forwarded = Some((host.headers.borrow().clone(), host.body.borrow().clone()));

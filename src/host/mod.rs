@@ -232,8 +232,6 @@ pub enum Next {
     Pause,
     /// Send this response; the request is not forwarded.
     Respond(LocalResponse),
-    /// Call [`HttpFilter::after_edits`] once the edits are applied, and carry out its step instead.
-    AfterEdits,
     /// Hold the request and send this callout; carry out [`HttpFilter::on_callout_response`] when it returns.
     Callout(Callout),
 }
@@ -269,8 +267,6 @@ pub trait HttpFilter {
     fn on_request_body(&mut self, host: &dyn Host, body_size: usize, end_of_stream: bool) -> Step;
     /// Request trailers have arrived.
     fn on_request_trailers(&mut self, host: &dyn Host) -> Step;
-    /// The edits of a step whose `next` was [`Next::AfterEdits`] have been applied.
-    fn after_edits(&mut self, host: &dyn Host) -> Step;
     /// The adapter could not carry out part of a step (e.g. a header edit failed); `what` says which.
     fn on_host_failure(&mut self, what: &'static str) -> Step;
     /// A callout returned: `None` when it failed (no cluster, reset, timeout).

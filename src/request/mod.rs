@@ -9,12 +9,15 @@
 //!    ▼
 //! authorise (allow-list, required identity) ──► claims ──► token (cache or sign) ──► set the token header
 //!    ▼
-//! after the edits: the route is still the one the token was scoped for? ──► continue
+//! (router: matches the route again on the edited headers)
+//!    ▼
+//! route guard (upstream filter): the route taken is the one the token was scoped for? ──► upstream
 //! ```
 //!
 //! Any refusal ends the request with a JSON-RPC error; nothing is forwarded.
 
 mod gate;
+mod guard;
 mod respond;
 mod route;
 mod routing_headers;
@@ -24,7 +27,8 @@ mod sign;
 mod tests;
 
 pub use gate::{issuer_for, on_body, on_headers, BodyPlan, HeadDecision, RequestHead};
-pub use route::{RouteKey, RouteSettings, ROUTE_METADATA_NAMESPACE, ROUTE_METADATA_PATH};
+pub use guard::{RouteGuard, GUARD_ROOT_ID};
+pub use route::{RouteKey, RouteSettings, ROUTE_HEADER, ROUTE_METADATA_NAMESPACE, ROUTE_METADATA_PATH};
 pub use routing_headers::check_routing_headers;
 pub use sign::{authorize, token_for, SignRequest, Token};
 
@@ -57,8 +61,6 @@ enum Phase {
     Start,
     /// Buffering the body.
     Body(Box<Head>, BodyPlan),
-    /// The token header is set; waiting for the edits to be applied, then for the route to be confirmed.
-    Signed(Box<RouteKey>),
     /// Forwarded or answered: nothing more to do.
     Done,
 }
@@ -231,11 +233,15 @@ impl Request {
                     .push(Metric::SignDurationUs(done_us.saturating_sub(started_us)));
             }
         }
-        self.phase = Phase::Signed(Box::new(head.route_key.clone()));
+        self.phase = Phase::Done;
         Step {
-            edits: vec![HeaderEdit::Set("authorization", format!("Bearer {}", token.jwt))],
+            edits: vec![
+                HeaderEdit::Set("authorization", format!("Bearer {}", token.jwt)),
+                // The route guard compares it with the route the request really takes.
+                HeaderEdit::Set(ROUTE_HEADER, head.route_key.fingerprint()),
+            ],
             effects,
-            next: Next::AfterEdits,
+            next: Next::Continue,
         }
     }
 }
@@ -265,9 +271,7 @@ impl HttpFilter for Request {
                 self.sign(&head, &plan, &body, host)
             }
             Phase::Done => Step::just(Next::Continue),
-            Phase::Start | Phase::Signed(_) => {
-                self.refuse(Refusal::Internal("body outside the body phase"), Effects::default())
-            }
+            Phase::Start => self.refuse(Refusal::Internal("body outside the body phase"), Effects::default()),
         }
     }
 
@@ -276,19 +280,6 @@ impl HttpFilter for Request {
             Phase::Done => Step::just(Next::Continue),
             // Trailers end the request before the body callback saw end of stream: never let it go on unsigned.
             _ => self.refuse(Refusal::UnexpectedTrailers, Effects::default()),
-        }
-    }
-
-    fn after_edits(&mut self, host: &dyn Host) -> Step {
-        match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::Signed(before) => {
-                // The token is for the route read before the edits; the router now matches on the edited headers.
-                if RouteKey::read(host) != *before {
-                    return self.refuse(Refusal::RouteChanged, Effects::default());
-                }
-                Step::just(Next::Continue)
-            }
-            _ => self.refuse(Refusal::Internal("edits applied outside signing"), Effects::default()),
         }
     }
 

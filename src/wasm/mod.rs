@@ -21,14 +21,24 @@ use crate::host::{
     SharedDataError, Step, Unavailable, AUDIT_NAMESPACE,
 };
 use crate::plugin::Plugin;
-use crate::request::Request;
+use crate::request::{Request, RouteGuard, GUARD_ROOT_ID};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(WasmLogLevel::Trace);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(PluginRoot { plugin: None, metrics: Rc::new(Metrics::default()) })
+        Box::new(PluginRoot { role: Role::Unconfigured, metrics: Rc::new(Metrics::default()) })
     });
 }}
+
+/// What a plugin instance of this module is, chosen by its root id.
+enum Role {
+    /// Not configured yet (or refused).
+    Unconfigured,
+    /// The signer (any root id but the guard's).
+    Signer(Rc<Plugin>),
+    /// The route guard (root id `mcp_jwt_signer_route_guard`), an upstream filter of the router.
+    Guard,
+}
 
 /// The proxy-wasm host: stateless, every query is a host call.
 struct WasmHost;
@@ -128,7 +138,7 @@ fn emit(metrics: &Metrics, effects: &Effects) {
 }
 
 struct PluginRoot {
-    plugin: Option<Rc<Plugin>>,
+    role: Role,
     metrics: Rc<Metrics>,
 }
 
@@ -143,6 +153,12 @@ impl RootContext for PluginRoot {
                 return false;
             }
         };
+        let root_id = hostcalls::get_property(vec!["plugin_root_id"]).ok().flatten();
+        if root_id.as_deref() == Some(GUARD_ROOT_ID.as_bytes()) {
+            self.role = Role::Guard;
+            log::info!("route guard ready");
+            return true;
+        }
         let env_key = std::env::var(SIGNING_KEY_ENV).ok();
         match Plugin::load(&bytes, env_key.as_deref(), &WasmHost) {
             Ok(loaded) => {
@@ -158,7 +174,7 @@ impl RootContext for PluginRoot {
                 ] {
                     self.metrics.id(&metric);
                 }
-                self.plugin = Some(Rc::new(loaded.plugin));
+                self.role = Role::Signer(Rc::new(loaded.plugin));
                 true
             }
             Err(message) => {
@@ -170,9 +186,13 @@ impl RootContext for PluginRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let plugin = self.plugin.clone()?;
+        let request: Box<dyn HttpFilter> = match &self.role {
+            Role::Unconfigured => return None,
+            Role::Signer(plugin) => Box::new(Request::new(plugin.clone())),
+            Role::Guard => Box::new(RouteGuard),
+        };
         Some(Box::new(WasmRequest {
-            request: Request::new(plugin),
+            request,
             metrics: self.metrics.clone(),
         }))
     }
@@ -182,9 +202,9 @@ impl RootContext for PluginRoot {
     }
 }
 
-/// One HTTP request: the pure state machine and the metrics it updates.
+/// One HTTP request: the pure state machine (the signer's, or the guard's) and the metrics it updates.
 struct WasmRequest {
-    request: Request,
+    request: Box<dyn HttpFilter>,
     metrics: Rc<Metrics>,
 }
 
@@ -215,7 +235,6 @@ impl WasmRequest {
                     }
                     return Action::Pause;
                 }
-                Next::AfterEdits => step = self.request.after_edits(&WasmHost),
                 Next::Callout(callout) => {
                     let headers: Vec<(&str, &str)> =
                         callout.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
