@@ -39,7 +39,7 @@ impl fmt::Display for IdentityError {
 /// The Envoy attribute path a source reads, if it reads one (`jwt_payload`: jwt_authn's `payload_in_metadata`).
 pub fn attribute_path<'a>(source: &'a Source, jwt_payload: &'a str) -> Option<Vec<&'a str>> {
     match source {
-        Source::Header(_) | Source::Literal(_) => None,
+        Source::Header(_) | Source::Literal(_) | Source::ClientInfo(_) => None,
         Source::Jwt(claim) => {
             let mut path = vec!["metadata", "filter_metadata", JWT_AUTHN_NAMESPACE, jwt_payload];
             path.extend(claim.iter().map(String::as_str));
@@ -74,6 +74,8 @@ pub struct Resolver<'a> {
     pub host: &'a dyn Host,
     /// jwt_authn's `payload_in_metadata` name.
     pub jwt_payload: &'a str,
+    /// The body's `params._meta["io.modelcontextprotocol/clientInfo"]`, if any.
+    pub client_info: Option<&'a Value>,
 }
 
 impl Resolver<'_> {
@@ -85,6 +87,11 @@ impl Resolver<'_> {
         };
         match source {
             Source::Literal(text) => Ok(Some(Value::String(text.clone()))),
+            Source::ClientInfo(member) => Ok(self
+                .client_info
+                .and_then(|info| info.get(member))
+                .filter(|v| !v.is_null())
+                .cloned()),
             Source::Header(name) => match self.headers.single(name).map_err(|RepeatedHeader| err("is repeated"))? {
                 Some(raw) => {
                     // Header values are text: refuse rather than repair.
@@ -163,6 +170,7 @@ mod tests {
             headers,
             host,
             jwt_payload: "jwt_payload",
+            client_info: None,
         }
         .identity(sources)
     }

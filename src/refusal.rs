@@ -38,6 +38,21 @@ pub enum Refusal {
     HeaderMismatch(&'static str),
     /// `require_subject` is on and no identity source named a user.
     Unauthenticated,
+    /// The request needs incoming scopes (`required_incoming_scopes`) and carries no verified token.
+    TokenRequired {
+        /// The scopes this request needs, space-separated (the challenge's `scope`).
+        scope: String,
+    },
+    /// The incoming token failed verification (jwt_authn's failure status, or introspection's `active: false`).
+    InvalidToken {
+        /// A fixed, safe description (never the token, never the verifier's raw message).
+        description: &'static str,
+    },
+    /// The verified incoming token lacks scopes this request needs (`required_incoming_scopes`): step up.
+    InsufficientScope {
+        /// Every scope the request needs, space-separated, in one challenge.
+        scope: String,
+    },
     /// A claim listed in `required_claims` is missing from the verified identity.
     MissingClaim(String),
     /// The matched route's `allowed_tools` does not list this tool.
@@ -66,7 +81,8 @@ impl Refusal {
         match self {
             Refusal::Body(_) | Refusal::UnexpectedBody | Refusal::UnexpectedTrailers => 400,
             Refusal::Identity(_) | Refusal::BadAuthority | Refusal::HeaderMismatch(_) => 400,
-            Refusal::Unauthenticated => 401,
+            Refusal::Unauthenticated | Refusal::TokenRequired { .. } | Refusal::InvalidToken { .. } => 401,
+            Refusal::InsufficientScope { .. } => 403,
             Refusal::MissingClaim(_) | Refusal::ToolNotAllowed(_) => 403,
             Refusal::BadRouteMetadata(_) | Refusal::RouteChanged => 500,
             Refusal::TokenTooLarge { .. } => 400,
@@ -83,7 +99,8 @@ impl Refusal {
         match self {
             Refusal::Body(McpError::Parse(_)) => -32700,
             Refusal::Body(McpError::InvalidParams { .. }) => -32602,
-            Refusal::Unauthenticated => -32001,
+            Refusal::Unauthenticated | Refusal::TokenRequired { .. } | Refusal::InvalidToken { .. } => -32001,
+            Refusal::InsufficientScope { .. } => -32003,
             // MCP's own code for a routing header that does not match the body.
             Refusal::HeaderMismatch(_) => -32020,
             Refusal::MissingClaim(_) | Refusal::ToolNotAllowed(_) => -32003,
@@ -108,7 +125,9 @@ impl Refusal {
             Refusal::Identity(_) => "invalid_identity",
             Refusal::BadAuthority => "invalid_authority",
             Refusal::HeaderMismatch(_) => "header_mismatch",
-            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::Unauthenticated | Refusal::TokenRequired { .. } => "unauthenticated",
+            Refusal::InvalidToken { .. } => "invalid_token",
+            Refusal::InsufficientScope { .. } => "insufficient_scope",
             Refusal::MissingClaim(_) => "missing_required_claim",
             Refusal::ToolNotAllowed(_) => "tool_not_allowed",
             Refusal::BadRouteMetadata(_) => "bad_route_metadata",
@@ -146,6 +165,11 @@ impl Refusal {
             Refusal::BadAuthority => "the request's :authority is not a valid host".into(),
             Refusal::HeaderMismatch(what) => format!("header mismatch: {what}"),
             Refusal::Unauthenticated => "authentication required: no user identity for this request".into(),
+            Refusal::TokenRequired { scope } => format!("authentication required: this request needs scope `{scope}`"),
+            Refusal::InvalidToken { description } => format!("invalid token: {description}"),
+            Refusal::InsufficientScope { scope } => {
+                format!("insufficient scope: this request needs `{scope}`; obtain a token with it and retry")
+            }
             Refusal::MissingClaim(claim) => {
                 format!("forbidden: required claim `{claim}` is missing")
             }
@@ -188,9 +212,44 @@ impl Refusal {
         match self {
             Refusal::MethodNotAllowed { allow } => vec![("allow", allow.to_string())],
             Refusal::KeyUnavailable => vec![("retry-after", "1".to_string())],
-            Refusal::Unauthenticated => vec![("www-authenticate", "Bearer".to_string())],
             _ => Vec::new(),
         }
+    }
+
+    /// The `WWW-Authenticate` challenge of a refusal that asks for (other) credentials (RFC 6750 section 3, MCP
+    /// 2026-07-28 authorization), with the protected resource's metadata URL and, where the refusal does not
+    /// carry its own, the scope the request needs. `None` for refusals more credentials would not change. Every
+    /// value was validated at load or is fixed text: none needs escaping.
+    pub fn www_authenticate(&self, resource_metadata: Option<&str>, scope: Option<&str>) -> Option<String> {
+        let (error, description, own_scope) = match self {
+            Refusal::Unauthenticated => (None, None, None),
+            Refusal::TokenRequired { scope } => (None, None, Some(scope.as_str())),
+            Refusal::InvalidToken { description } => (Some("invalid_token"), Some(*description), None),
+            Refusal::InsufficientScope { scope } => (
+                Some("insufficient_scope"),
+                Some("the access token lacks a scope this request needs"),
+                Some(scope.as_str()),
+            ),
+            _ => return None,
+        };
+        let mut params: Vec<String> = Vec::new();
+        if let Some(error) = error {
+            params.push(format!("error=\"{error}\""));
+        }
+        if let Some(scope) = own_scope.or(scope).filter(|s| !s.is_empty()) {
+            params.push(format!("scope=\"{scope}\""));
+        }
+        if let Some(url) = resource_metadata {
+            params.push(format!("resource_metadata=\"{url}\""));
+        }
+        if let Some(description) = description {
+            params.push(format!("error_description=\"{description}\""));
+        }
+        Some(if params.is_empty() {
+            "Bearer".to_string()
+        } else {
+            format!("Bearer {}", params.join(", "))
+        })
     }
 }
 

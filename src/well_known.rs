@@ -1,9 +1,11 @@
-//! The filter's own OIDC discovery document and JWKS, served under the issuer's path.
+//! The documents the filter serves itself: its OIDC discovery document and JWKS (under the issuer's path), and
+//! the RFC 9728 protected resource metadata of each configured MCP resource.
 
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::FILTER_CLAIMS;
+use crate::config::authorization::PROTECTED_RESOURCE_PREFIX;
+use crate::config::{ProtectedResource, FILTER_CLAIMS};
 use crate::crypto::Jwk;
 
 /// The OIDC discovery document, under the issuer's path.
@@ -24,15 +26,29 @@ pub enum Endpoint {
     Discovery,
     /// `/.well-known/jwks.json`.
     Jwks,
+    /// `/.well-known/oauth-protected-resource<path>`: the metadata of `protected_resources[i]`.
+    ProtectedResource(usize),
 }
+
+/// `Cache-Control` for protected resource metadata (configuration: changes only with a new configuration).
+pub const CACHE_CONTROL_RESOURCE_METADATA: &str = "public, max-age=300";
 
 /// Which endpoint, if any, `path` names. The query string is ignored (never forwarded either); the path must
 /// match exactly, case-sensitively, under the issuer's path. Envoy normalises the path before the filter.
-pub fn endpoint(path: &[u8], issuer_path: &str) -> Option<Endpoint> {
+pub fn endpoint(path: &[u8], issuer_path: &str, resources: &[ProtectedResource]) -> Option<Endpoint> {
     let path = match path.iter().position(|&b| b == b'?') {
         Some(i) => &path[..i],
         None => path,
     };
+    if path.starts_with(PROTECTED_RESOURCE_PREFIX.as_bytes()) {
+        if let Some(i) = resources.iter().position(|r| r.metadata_path().as_bytes() == path) {
+            return Some(Endpoint::ProtectedResource(i));
+        }
+        // With one resource, its metadata is also at the bare well-known URI (RFC 9728 section 3.1).
+        if resources.len() == 1 && path == PROTECTED_RESOURCE_PREFIX.as_bytes() {
+            return Some(Endpoint::ProtectedResource(0));
+        }
+    }
     let rest = path.strip_prefix(issuer_path.as_bytes())?;
     if rest == DISCOVERY_SUFFIX.as_bytes() {
         Some(Endpoint::Discovery)
@@ -89,11 +105,11 @@ mod tests {
     #[test]
     fn endpoints_at_root_and_under_a_path() {
         assert_eq!(
-            endpoint(b"/.well-known/openid-configuration", ""),
+            endpoint(b"/.well-known/openid-configuration", "", &[]),
             Some(Endpoint::Discovery)
         );
-        assert_eq!(endpoint(b"/.well-known/jwks.json?x=1", ""), Some(Endpoint::Jwks));
-        assert_eq!(endpoint(b"/t/.well-known/jwks.json", "/t"), Some(Endpoint::Jwks));
+        assert_eq!(endpoint(b"/.well-known/jwks.json?x=1", "", &[]), Some(Endpoint::Jwks));
+        assert_eq!(endpoint(b"/t/.well-known/jwks.json", "/t", &[]), Some(Endpoint::Jwks));
         for other in [
             &b"/.well-known/jwks.json"[..],
             b"/t/.well-known/jwks.json/",
@@ -101,7 +117,7 @@ mod tests {
             b"/tt/.well-known/jwks.json",
             b"/t/mcp",
         ] {
-            assert_eq!(endpoint(other, "/t"), None, "{}", String::from_utf8_lossy(other));
+            assert_eq!(endpoint(other, "/t", &[]), None, "{}", String::from_utf8_lossy(other));
         }
     }
 

@@ -41,3 +41,7 @@ pub const MAX_TOKEN_BYTES_LIMIT: usize = 1024 * 1024;
 pub const MAX_CLAIM_TEXT_BYTES: usize = 1024;
 /// Longest claim name in claim shaping.
 pub const MAX_CLAIM_NAME_BYTES: usize = 256;
+/// Longest scope token in `protected_resources`, `required_incoming_scopes` and `scope_hierarchy`.
+pub const MAX_SCOPE_TOKEN_BYTES: usize = 256;
+/// Deepest `scope_hierarchy` chain (a broader scope implying one that implies another ...).
+pub const MAX_SCOPE_HIERARCHY_DEPTH: usize = 8;

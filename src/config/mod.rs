@@ -7,6 +7,7 @@
 //!   [`cache`] (token cache), [`keys`] (signing key and published keys);
 //! - [`error`]: the error and its redaction, a leaf.
 
+pub mod authorization;
 pub mod cache;
 pub mod claims;
 pub mod defaults;
@@ -16,6 +17,7 @@ pub mod keys;
 mod schema;
 pub mod sources;
 
+pub use authorization::{Authorization, ProtectedResource};
 pub use cache::TokenCacheConfig;
 pub use claims::{ClaimShaping, ESSENTIAL_CLAIMS, FILTER_CLAIMS};
 pub use error::{shown, ConfigError};
@@ -25,6 +27,7 @@ pub use sources::{IdentitySources, MtlsField, Source, JWT_AUTHN_NAMESPACE};
 
 use crate::crypto::{Algorithm, Jwk};
 
+use self::authorization::RawAuthorization;
 use self::claims::RawShaping;
 use self::error::{field_path, redact_serde_error};
 use self::schema::RawConfig;
@@ -67,6 +70,8 @@ pub struct Config {
     pub algorithm: Algorithm,
     /// Public keys published in the JWKS beside the signing key (key rotation: the previous or next key).
     pub additional_public_keys: Vec<Jwk>,
+    /// The MCP authorization point: protected resource metadata, challenges, step-up.
+    pub authorization: Authorization,
 }
 
 impl Config {
@@ -93,6 +98,13 @@ impl Config {
     }
 
     fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let authorization = Authorization::from_raw(RawAuthorization {
+            protected_resources: raw.protected_resources,
+            jwt_failure_in_metadata: raw.jwt_failure_in_metadata,
+            required_incoming_scopes: raw.required_incoming_scopes,
+            incoming_scopes: raw.incoming_scopes,
+            scope_hierarchy: raw.scope_hierarchy,
+        })?;
         let claims = ClaimShaping::from_raw(RawShaping {
             copy_claims: raw.copy_claims,
             add_claims: raw.add_claims,
@@ -161,6 +173,7 @@ impl Config {
             token_cache,
             algorithm,
             additional_public_keys: keys::additional_public_keys(raw.additional_public_keys)?,
+            authorization,
         })
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::authorization::RawProtectedResource;
 use super::cache::RawTokenCache;
 use super::sources::IdentityConfig;
 
@@ -32,4 +33,9 @@ pub(crate) struct RawConfig {
     pub token_cache: Option<RawTokenCache>,
     pub algorithm: Option<String>,
     pub additional_public_keys: Option<Vec<String>>,
+    pub protected_resources: Option<Vec<RawProtectedResource>>,
+    pub jwt_failure_in_metadata: Option<String>,
+    pub required_incoming_scopes: Option<BTreeMap<String, Vec<String>>>,
+    pub incoming_scopes: Option<Vec<String>>,
+    pub scope_hierarchy: Option<BTreeMap<String, Vec<String>>>,
 }

@@ -7,7 +7,9 @@
 //!   `~0` for a `~` inside a claim name;
 //! - `mtls:uri_san` | `mtls:dns_san` | `mtls:subject`: the downstream TLS peer certificate (e.g. a SPIFFE ID);
 //! - `literal:<text>`: a fixed value;
-//! - `property:<segment>/<segment>/...`: any Envoy attribute, e.g. `property:xds/node/metadata/SERVICE_ACCOUNT`.
+//! - `property:<segment>/<segment>/...`: any Envoy attribute, e.g. `property:xds/node/metadata/SERVICE_ACCOUNT`;
+//! - `client_info:<member>` (`name`, `version`, ...): the client's self-description in the body's `_meta`
+//!   (client-asserted: `copy_claims` only).
 //!
 //! Unknown kinds and malformed arguments are refused at load, so a typo never silently drops an identity.
 //! Resolving a source against a request is `crate::identity`'s job.
@@ -55,6 +57,9 @@ pub enum Source {
     Literal(String),
     /// An Envoy attribute path.
     Property(Vec<String>),
+    /// A member of the request body's `params._meta["io.modelcontextprotocol/clientInfo"]` (MCP 2026-07-28): what
+    /// the client says it is. Client-asserted: usable in `copy_claims`, never as an identity.
+    ClientInfo(String),
 }
 
 /// A field of the downstream TLS peer certificate.
@@ -73,7 +78,7 @@ impl Source {
     pub fn parse(text: &str) -> Result<Source, String> {
         let (kind, arg) = text.split_once(':').ok_or_else(|| {
             format!(
-                "source `{}` must look like `<kind>:<argument>` (kinds: header, jwt, mtls, literal, property)",
+                "source `{}` must look like `<kind>:<argument>` (kinds: header, jwt, mtls, literal, property, client_info)",
                 shown(text)
             )
         })?;
@@ -120,6 +125,15 @@ impl Source {
                 }
                 Ok(Source::Literal(arg.to_string()))
             }
+            "client_info" => {
+                if arg.is_empty() || arg.len() > 64 || !arg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    return Err(format!(
+                        "client_info member `{}` must be a name such as `name` or `version`",
+                        shown(arg)
+                    ));
+                }
+                Ok(Source::ClientInfo(arg.to_string()))
+            }
             "property" => {
                 let segments: Vec<String> = arg.split('/').map(str::to_string).collect();
                 if segments.iter().any(String::is_empty) {
@@ -128,7 +142,7 @@ impl Source {
                 Ok(Source::Property(segments))
             }
             _ => Err(format!(
-                "unknown source kind `{}` (known: header, jwt, mtls, literal, property)",
+                "unknown source kind `{}` (known: header, jwt, mtls, literal, property, client_info)",
                 shown(kind)
             )),
         }
@@ -144,6 +158,7 @@ impl Source {
             Source::Mtls(MtlsField::Subject) => "mtls:subject".into(),
             Source::Literal(_) => "literal".into(),
             Source::Property(path) => format!("property:{}", path.join("/")),
+            Source::ClientInfo(member) => format!("client_info:{member}"),
         }
     }
 }
@@ -196,7 +211,17 @@ impl IdentitySources {
         let parse_list = |field: &str, list: Vec<String>| -> Result<Vec<Source>, ConfigError> {
             list.iter()
                 .enumerate()
-                .map(|(i, s)| Source::parse(s).map_err(|r| ConfigError::new(format!("identity.{field}[{i}]"), r)))
+                .map(|(i, s)| {
+                    let name = format!("identity.{field}[{i}]");
+                    match Source::parse(s).map_err(|r| ConfigError::new(&name, r))? {
+                        Source::ClientInfo(_) => Err(ConfigError::new(
+                            name,
+                            "client_info is what the client asserts about itself, never an identity (use it in \
+                             copy_claims)",
+                        )),
+                        source => Ok(source),
+                    }
+                })
                 .collect()
         };
         Ok(IdentitySources {

@@ -138,10 +138,14 @@ pub enum Metric {
     DiscoveryServed,
     /// Counter `jwks_served`.
     JwksServed,
+    /// Counter `protected_resource_served`: RFC 9728 metadata answered.
+    ProtectedResourceServed,
     /// Counter `refused.<reason>`: a request was refused (reasons: `Refusal::reason`).
     Refused(&'static str),
     /// Histogram `sign_duration_us`: microseconds from the start of signing to the token (cache misses only).
     SignDurationUs(u64),
+    /// Gauge `generated_key_in_use`: 1 while signing with an auto-generated key, 0 with a configured one.
+    GeneratedKeyInUse(bool),
 }
 
 /// The kind of a metric.
@@ -151,6 +155,8 @@ pub enum MetricKind {
     Counter,
     /// A value recorded per event.
     Histogram,
+    /// A value set.
+    Gauge,
 }
 
 impl Metric {
@@ -161,7 +167,9 @@ impl Metric {
             Metric::TokenCacheHits => "mcp_jwt_signer.token_cache_hits",
             Metric::DiscoveryServed => "mcp_jwt_signer.discovery_served",
             Metric::JwksServed => "mcp_jwt_signer.jwks_served",
+            Metric::ProtectedResourceServed => "mcp_jwt_signer.protected_resource_served",
             Metric::SignDurationUs(_) => "mcp_jwt_signer.sign_duration_us",
+            Metric::GeneratedKeyInUse(_) => "mcp_jwt_signer.generated_key_in_use",
             Metric::Refused(reason) => return Cow::Owned(format!("{METRIC_PREFIX}.refused.{reason}")),
         })
     }
@@ -170,6 +178,7 @@ impl Metric {
     pub fn kind(&self) -> MetricKind {
         match self {
             Metric::SignDurationUs(_) => MetricKind::Histogram,
+            Metric::GeneratedKeyInUse(_) => MetricKind::Gauge,
             _ => MetricKind::Counter,
         }
     }
@@ -178,6 +187,7 @@ impl Metric {
     pub fn value(&self) -> u64 {
         match self {
             Metric::SignDurationUs(us) => *us,
+            Metric::GeneratedKeyInUse(generated) => u64::from(*generated),
             _ => 1,
         }
     }

@@ -3,7 +3,7 @@
 //! large) is refused before it is buffered.
 
 use crate::claims::Call;
-use crate::config::{Config, Issuer};
+use crate::config::{Config, Issuer, ProtectedResource};
 use crate::mcp;
 use crate::refusal::Refusal;
 use crate::well_known::{self, Endpoint};
@@ -51,8 +51,13 @@ pub const ALLOWED_METHODS: &str = "GET, POST, DELETE";
 pub const WELL_KNOWN_METHODS: &str = "GET, HEAD";
 
 /// Decides from the request line and headers.
-pub fn on_headers(head: &RequestHead<'_>, issuer_path: &str, max_body_bytes: usize) -> HeadDecision {
-    if let Some(endpoint) = well_known::endpoint(head.path, issuer_path) {
+pub fn on_headers(
+    head: &RequestHead<'_>,
+    issuer_path: &str,
+    resources: &[ProtectedResource],
+    max_body_bytes: usize,
+) -> HeadDecision {
+    if let Some(endpoint) = well_known::endpoint(head.path, issuer_path, resources) {
         return match head.method {
             b"GET" | b"HEAD" => HeadDecision::Serve(endpoint),
             _ => HeadDecision::Refuse(Refusal::MethodNotAllowed {
@@ -144,15 +149,20 @@ mod tests {
     #[test]
     fn well_known_is_served_for_get_and_head_only() {
         assert_eq!(
-            on_headers(&head(b"GET", b"/.well-known/jwks.json", true), "", 10),
+            on_headers(&head(b"GET", b"/.well-known/jwks.json", true), "", &[], 10),
             HeadDecision::Serve(Endpoint::Jwks)
         );
         assert_eq!(
-            on_headers(&head(b"HEAD", b"/.well-known/openid-configuration?a", true), "", 10),
+            on_headers(
+                &head(b"HEAD", b"/.well-known/openid-configuration?a", true),
+                "",
+                &[],
+                10
+            ),
             HeadDecision::Serve(Endpoint::Discovery)
         );
         assert!(matches!(
-            on_headers(&head(b"POST", b"/.well-known/jwks.json", false), "", 10),
+            on_headers(&head(b"POST", b"/.well-known/jwks.json", false), "", &[], 10),
             HeadDecision::Refuse(Refusal::MethodNotAllowed { .. })
         ));
     }
@@ -160,25 +170,25 @@ mod tests {
     #[test]
     fn methods() {
         assert_eq!(
-            on_headers(&head(b"GET", b"/mcp", true), "", 10),
+            on_headers(&head(b"GET", b"/mcp", true), "", &[], 10),
             HeadDecision::Sign(Call::Stream)
         );
         assert_eq!(
-            on_headers(&head(b"DELETE", b"/mcp", true), "", 10),
+            on_headers(&head(b"DELETE", b"/mcp", true), "", &[], 10),
             HeadDecision::Sign(Call::SessionDelete)
         );
         assert_eq!(
-            on_headers(&head(b"POST", b"/mcp", false), "", 10),
+            on_headers(&head(b"POST", b"/mcp", false), "", &[], 10),
             HeadDecision::AwaitBody(BodyPlan::JsonRpc)
         );
         for m in [&b"PUT"[..], b"PATCH", b"OPTIONS", b"HEAD", b"CONNECT", b"get"] {
             assert!(matches!(
-                on_headers(&head(m, b"/mcp", true), "", 10),
+                on_headers(&head(m, b"/mcp", true), "", &[], 10),
                 HeadDecision::Refuse(Refusal::MethodNotAllowed { .. })
             ));
         }
         assert!(matches!(
-            on_headers(&head(b"POST", b"/mcp", true), "", 10),
+            on_headers(&head(b"POST", b"/mcp", true), "", &[], 10),
             HeadDecision::Refuse(Refusal::Body(mcp::McpError::Parse(_)))
         ));
     }
@@ -188,29 +198,29 @@ mod tests {
         let mut h = head(b"POST", b"/mcp", false);
         h.content_length = Some(b"11");
         assert_eq!(
-            on_headers(&h, "", 10),
+            on_headers(&h, "", &[], 10),
             HeadDecision::Refuse(Refusal::BodyTooLarge { limit: 10 })
         );
         h.content_length = Some(b"10");
-        assert_eq!(on_headers(&h, "", 10), HeadDecision::AwaitBody(BodyPlan::JsonRpc));
+        assert_eq!(on_headers(&h, "", &[], 10), HeadDecision::AwaitBody(BodyPlan::JsonRpc));
         h.content_encoding = &[b"gzip"];
         assert_eq!(
-            on_headers(&h, "", 10),
+            on_headers(&h, "", &[], 10),
             HeadDecision::Refuse(Refusal::UnsupportedEncoding)
         );
         h.content_encoding = &[b"Identity"];
-        assert_eq!(on_headers(&h, "", 10), HeadDecision::AwaitBody(BodyPlan::JsonRpc));
+        assert_eq!(on_headers(&h, "", &[], 10), HeadDecision::AwaitBody(BodyPlan::JsonRpc));
         // A repeated header cannot hide an encoding behind `identity`.
         h.content_encoding = &[b"identity", b"gzip"];
         assert_eq!(
-            on_headers(&h, "", 10),
+            on_headers(&h, "", &[], 10),
             HeadDecision::Refuse(Refusal::UnsupportedEncoding)
         );
         h.content_encoding = &[];
         for bad in [&b"1x"[..], b"", b"-1", b"\xff"] {
             h.content_length = Some(bad);
             assert!(matches!(
-                on_headers(&h, "", 10),
+                on_headers(&h, "", &[], 10),
                 HeadDecision::Refuse(Refusal::Body(mcp::McpError::Parse(_)))
             ));
         }

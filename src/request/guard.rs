@@ -32,7 +32,7 @@ impl RouteGuard {
                 logs: vec![(LogLevel::Warn, refusal.log_line(None))],
                 ..Effects::default()
             },
-            next: Next::Respond(respond::refusal(&refusal, None)),
+            next: Next::Respond(respond::refusal(&refusal, None, &respond::Challenge::default())),
         }
     }
 }

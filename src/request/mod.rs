@@ -43,6 +43,49 @@ use crate::plugin::Plugin;
 use crate::refusal::Refusal;
 use crate::well_known::Endpoint;
 
+use self::respond::Challenge;
+
+/// The challenge context of a request to `path`: its protected resource's metadata URL, and its
+/// `scopes_supported` as the scope until the request's own needs are known.
+fn challenge_for(config: &crate::config::Config, path: &str) -> Challenge {
+    let path = path.split('?').next().unwrap_or_default();
+    match config.authorization.resource_for(path) {
+        Some(resource) => Challenge {
+            resource_metadata: Some(resource.metadata_url()),
+            scope: (!resource.scopes_supported.is_empty()).then(|| resource.scopes_supported.join(" ")),
+        },
+        None => Challenge::default(),
+    }
+}
+
+/// jwt_authn let a failed token through (`allow_missing_or_failed`) and recorded why under
+/// `jwt_failure_in_metadata`: the client presented a token, and it is not good. A missing token is not a failure
+/// here (the request goes on, and `require_subject` or step-up challenge it if they need a token).
+fn incoming_token_failure(config: &crate::config::Config, host: &dyn Host) -> Option<Refusal> {
+    let name = config.authorization.jwt_failure_in_metadata.as_deref()?;
+    let status = match host.attribute(&["metadata", "filter_metadata", crate::config::JWT_AUTHN_NAMESPACE, name]) {
+        Ok(Some(status)) => status,
+        Ok(None) => return None,
+        // A status we cannot read is still a failure: fail closed.
+        Err(_) => {
+            return Some(Refusal::InvalidToken {
+                description: "the access token could not be verified",
+            })
+        }
+    };
+    let message = status.get("message").and_then(Value::as_str).unwrap_or_default();
+    if message.eq_ignore_ascii_case("jwt is missing") {
+        return None;
+    }
+    Some(Refusal::InvalidToken {
+        description: if message.to_ascii_lowercase().contains("expired") {
+            "the access token has expired"
+        } else {
+            "the access token is invalid"
+        },
+    })
+}
+
 /// What the request carries forward from its headers.
 struct Head {
     /// The request headers as they arrived, minus the client's `authorization`.
@@ -71,6 +114,8 @@ pub struct Request {
     phase: Phase,
     /// The JSON-RPC id of a single-message body, echoed by refusals decided after parsing.
     request_id: Option<Value>,
+    /// What a `WWW-Authenticate` challenge of this request names.
+    challenge: Challenge,
 }
 
 impl Request {
@@ -80,6 +125,7 @@ impl Request {
             plugin,
             phase: Phase::Start,
             request_id: None,
+            challenge: Challenge::default(),
         }
     }
 
@@ -92,12 +138,26 @@ impl Request {
         Step {
             edits: Vec::new(),
             effects,
-            next: Next::Respond(respond::refusal(&refusal, self.request_id.as_ref())),
+            next: Next::Respond(respond::refusal(&refusal, self.request_id.as_ref(), &self.challenge)),
         }
     }
 
     fn serve(&mut self, endpoint: Endpoint, issuer: &Issuer, host: &dyn Host) -> Step {
         let plugin = self.plugin.clone();
+        if let Endpoint::ProtectedResource(i) = endpoint {
+            let Some(resource) = plugin.config.authorization.protected_resources.get(i) else {
+                return self.refuse(Refusal::Internal("no such protected resource"), Effects::default());
+            };
+            self.phase = Phase::Done;
+            return Step {
+                edits: Vec::new(),
+                effects: Effects {
+                    metrics: vec![Metric::ProtectedResourceServed],
+                    ..Effects::default()
+                },
+                next: Next::Respond(respond::resource_metadata(resource)),
+            };
+        }
         let Some(signer) = plugin.keys.signer(host) else {
             return self.refuse(Refusal::KeyUnavailable, Effects::default());
         };
@@ -106,7 +166,7 @@ impl Request {
         let response = respond::well_known(endpoint, issuer, &keys, plugin.keys.is_ephemeral());
         let metric = match endpoint {
             Endpoint::Discovery => Metric::DiscoveryServed,
-            Endpoint::Jwks => Metric::JwksServed,
+            Endpoint::Jwks | Endpoint::ProtectedResource(_) => Metric::JwksServed,
         };
         Step {
             edits: Vec::new(),
@@ -142,14 +202,27 @@ impl Request {
             content_encoding: &content_encoding,
             end_of_stream,
         };
-        let decision = on_headers(&head, &issuer.path, config.max_body_bytes);
+        let path = String::from_utf8_lossy(head.path).into_owned();
+        let decision = on_headers(
+            &head,
+            &issuer.path,
+            &config.authorization.protected_resources,
+            config.max_body_bytes,
+        );
         drop(content_encoding);
+        if let HeadDecision::Serve(endpoint) = decision {
+            return self.serve(endpoint, &issuer, host);
+        }
+        self.challenge = challenge_for(config, &path);
         let plan = match decision {
-            HeadDecision::Serve(endpoint) => return self.serve(endpoint, &issuer, host),
+            HeadDecision::Serve(_) => return self.refuse(Refusal::Internal("served twice"), Effects::default()),
             HeadDecision::Refuse(refusal) => return self.refuse(refusal, Effects::default()),
             HeadDecision::Sign(call) => BodyPlan::MustBeEmpty(call),
             HeadDecision::AwaitBody(plan) => plan,
         };
+        if let Some(refusal) = incoming_token_failure(config, host) {
+            return self.refuse(refusal, Effects::default());
+        }
         // The route as it is before the filter edits anything (one read per part).
         let route_key = RouteKey::read(host);
         let route = route_key.settings();

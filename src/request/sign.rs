@@ -1,6 +1,8 @@
 //! Authorise and sign: the route allow-list, `require_subject` and `required_claims`, the claim set, and the
 //! token (from the worker's cache when an identical claim set was signed recently, else minted now).
 
+use std::collections::BTreeSet;
+
 use crate::cache::{Lookup, TokenCache};
 use crate::claims::{self, Call, ClaimInputs, TimelessClaims};
 use crate::config::{Config, Issuer, Source};
@@ -35,12 +37,18 @@ pub fn authorize(req: &SignRequest<'_>) -> Result<TimelessClaims, Refusal> {
             return Err(Refusal::ToolNotAllowed(tool.clone()));
         }
     }
+    let client_info = match req.call {
+        Call::Messages(m) => m.single.as_ref().and_then(|s| s.client_info.as_ref()),
+        _ => None,
+    };
     let resolver = Resolver {
         headers: req.headers,
         host: req.host,
         jwt_payload: &config.jwt_payload_in_metadata,
+        client_info,
     };
     let identity = resolver.identity(&config.identity).map_err(Refusal::Identity)?;
+    step_up(config, req.call, &resolver, identity.subject.is_some())?;
     if config.require_subject && identity.subject.is_none() {
         return Err(Refusal::Unauthenticated);
     }
@@ -67,6 +75,67 @@ pub fn authorize(req: &SignRequest<'_>) -> Result<TimelessClaims, Refusal> {
         },
         &config.claims,
     ))
+}
+
+/// The incoming scopes a call needs: the union of `required_incoming_scopes` over its methods, tools and prompts.
+pub fn required_scopes(config: &Config, call: &Call) -> BTreeSet<String> {
+    let auth = &config.authorization;
+    if auth.required_incoming_scopes.is_empty() {
+        return BTreeSet::new();
+    }
+    let mut required = auth.required_scopes("", None);
+    if let Call::Messages(m) = call {
+        for method in &m.methods {
+            required.extend(auth.required_scopes(method, None));
+        }
+        for tool in &m.tools {
+            required.extend(auth.required_scopes("tools/call", Some(tool)));
+        }
+        for prompt in &m.prompts {
+            required.extend(auth.required_scopes("prompts/get", Some(prompt)));
+        }
+    }
+    required
+}
+
+/// A scope value as a set: a space-separated string (`scope`) or a list of strings (`scp`).
+fn scope_set(value: &serde_json::Value) -> BTreeSet<String> {
+    match value {
+        serde_json::Value::String(s) => s.split_whitespace().map(str::to_string).collect(),
+        serde_json::Value::Array(items) => items.iter().filter_map(|v| v.as_str()).map(str::to_string).collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// Step-up: when the call needs incoming scopes, the verified incoming token must carry every one of them
+/// (directly or through `scope_hierarchy`). No token at all: 401 with the scope to ask for; too little scope:
+/// 403 `insufficient_scope` naming all of it, in one challenge.
+fn step_up(config: &Config, call: &Call, resolver: &Resolver<'_>, has_subject: bool) -> Result<(), Refusal> {
+    let required = required_scopes(config, call);
+    if required.is_empty() {
+        return Ok(());
+    }
+    let mut granted = None;
+    for source in &config.authorization.incoming_scopes {
+        if let Some(value) = resolver.value(source).map_err(Refusal::Identity)? {
+            granted = Some(scope_set(&value));
+            break;
+        }
+    }
+    let scope = required.iter().cloned().collect::<Vec<_>>().join(" ");
+    let granted = match granted {
+        Some(granted) => granted,
+        None if !has_subject => return Err(Refusal::TokenRequired { scope }),
+        None => BTreeSet::new(),
+    };
+    if required
+        .iter()
+        .all(|needed| config.authorization.satisfies(&granted, needed))
+    {
+        Ok(())
+    } else {
+        Err(Refusal::InsufficientScope { scope })
+    }
 }
 
 /// A token for the request.

@@ -644,3 +644,228 @@ impl HttpFilter for Passthrough {
         Step::just(Next::Continue)
     }
 }
+
+const AUTHZ: &str = r#"{
+    "identity": {"subject": ["jwt:sub"]},
+    "protected_resources": [{
+        "resource": "https://mcp-gw.example.com/mcp",
+        "authorization_servers": ["https://auth.example.com"],
+        "scopes_supported": ["mcp:read", "weather:read"],
+        "resource_name": "Weather tools"
+    }],
+    "jwt_failure_in_metadata": "jwt_failure",
+    "required_incoming_scopes": {
+        "tools/call": ["mcp:read"],
+        "tools/call:get_weather": ["weather:read"],
+        "tools/call:admin_*": ["admin"]
+    },
+    "scope_hierarchy": {"admin": ["mcp:read", "weather:read"]}
+}"#;
+
+fn www_authenticate(e: &Exchange) -> String {
+    let response = e.response.as_ref().expect("a local response");
+    response
+        .headers
+        .iter()
+        .find(|(k, _)| *k == "www-authenticate")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn protected_resource_metadata_is_served_at_the_rfc9728_paths() {
+    let host = FakeHost::default();
+    let p = plugin(AUTHZ, &host);
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ] {
+        let e = exchange(&p, &host, &Req::new("GET", path));
+        assert_eq!(e.status(), 200, "{path}");
+        assert!(e.forwarded.is_none());
+        let doc = e.json();
+        assert_eq!(doc["resource"], "https://mcp-gw.example.com/mcp");
+        assert_eq!(doc["authorization_servers"], json!(["https://auth.example.com"]));
+        assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
+        assert_eq!(doc["scopes_supported"], json!(["mcp:read", "weather:read"]));
+        assert_eq!(doc["resource_name"], "Weather tools");
+        assert_eq!(e.effects.metrics, vec![Metric::ProtectedResourceServed]);
+    }
+    let e = exchange(
+        &p,
+        &host,
+        &Req::new("POST", "/.well-known/oauth-protected-resource/mcp").body(b"{}"),
+    );
+    assert_refused(&e, 405, -32600, "method_not_allowed");
+    // Another path is an ordinary MCP request, not metadata.
+    let e = exchange(
+        &p,
+        &host,
+        &Req::new("GET", "/.well-known/oauth-protected-resource/other"),
+    );
+    assert_ne!(e.json()["resource"], "https://mcp-gw.example.com/mcp");
+}
+
+#[test]
+fn no_token_gets_the_401_challenge_with_resource_metadata_and_scope() {
+    let host = FakeHost::default();
+    let p = plugin(AUTHZ, &host);
+    let e = exchange(&p, &host, &Req::post(TOOLS_CALL));
+    assert_refused(&e, 401, -32001, "unauthenticated");
+    assert_eq!(
+        www_authenticate(&e),
+        r#"Bearer scope="mcp:read weather:read", resource_metadata="https://mcp-gw.example.com/.well-known/oauth-protected-resource/mcp""#
+    );
+    assert!(
+        !www_authenticate(&e).contains("error="),
+        "RFC 6750 3.1: no error without credentials"
+    );
+    assert_eq!(e.json()["id"], 7);
+}
+
+#[test]
+fn a_failed_token_gets_invalid_token_and_nothing_is_buffered() {
+    let host = FakeHost::default().attribute(
+        "metadata/filter_metadata/envoy.filters.http.jwt_authn/jwt_failure",
+        json!({"code": 16, "message": "Jwt is expired"}),
+    );
+    let p = plugin(AUTHZ, &host);
+    let e = exchange(&p, &host, &Req::post(TOOLS_CALL));
+    assert_refused(&e, 401, -32001, "invalid_token");
+    let challenge = www_authenticate(&e);
+    assert!(challenge.starts_with(r#"Bearer error="invalid_token""#), "{challenge}");
+    assert!(challenge.contains(r#"error_description="the access token has expired""#));
+    assert!(challenge
+        .contains(r#"resource_metadata="https://mcp-gw.example.com/.well-known/oauth-protected-resource/mcp""#));
+    // Refused at the headers: the body was never asked for.
+    assert!(
+        e.edits.is_empty()
+            || !e
+                .edits
+                .iter()
+                .any(|ed| matches!(ed, HeaderEdit::Set("authorization", _)))
+    );
+    // jwt_authn's "missing" status is no failure: the request goes on to the no-token challenge.
+    let missing = FakeHost::default().attribute(
+        "metadata/filter_metadata/envoy.filters.http.jwt_authn/jwt_failure",
+        json!({"code": 16, "message": "Jwt is missing"}),
+    );
+    let e = exchange(&p, &missing, &Req::post(TOOLS_CALL));
+    assert_refused(&e, 401, -32001, "unauthenticated");
+}
+
+#[test]
+fn step_up_names_every_missing_scope_in_one_challenge() {
+    let host = FakeHost::default()
+        .jwt_claim("sub", json!("alice"))
+        .jwt_claim("scope", json!("openid"));
+    let p = plugin(AUTHZ, &host);
+    let e = exchange(&p, &host, &Req::post(TOOLS_CALL));
+    assert_refused(&e, 403, -32003, "insufficient_scope");
+    let challenge = www_authenticate(&e);
+    assert!(
+        challenge.starts_with(r#"Bearer error="insufficient_scope", scope="mcp:read weather:read""#),
+        "{challenge}"
+    );
+    assert!(challenge.contains("resource_metadata="));
+    // With enough scope (a string, or an `scp` list), signed.
+    let host = FakeHost::default()
+        .jwt_claim("sub", json!("alice"))
+        .jwt_claim("scope", json!("openid mcp:read weather:read"));
+    assert!(exchange(&p, &host, &Req::post(TOOLS_CALL)).forwarded.is_some());
+    let host = FakeHost::default()
+        .jwt_claim("sub", json!("alice"))
+        .jwt_claim("scp", json!(["mcp:read", "weather:read"]));
+    assert!(exchange(&p, &host, &Req::post(TOOLS_CALL)).forwarded.is_some());
+    // A broader scope implies the narrower ones.
+    let host = FakeHost::default()
+        .jwt_claim("sub", json!("root"))
+        .jwt_claim("scope", json!("admin"));
+    assert!(exchange(&p, &host, &Req::post(TOOLS_CALL)).forwarded.is_some());
+    // Wildcard keys: admin_* tools need `admin`.
+    let admin_call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"admin_reset"}}"#;
+    let host = FakeHost::default()
+        .jwt_claim("sub", json!("alice"))
+        .jwt_claim("scope", json!("mcp:read"));
+    let e = exchange(&p, &host, &Req::post(admin_call));
+    assert!(
+        www_authenticate(&e).contains(r#"scope="admin mcp:read""#),
+        "{}",
+        www_authenticate(&e)
+    );
+    // Methods without requirements need nothing.
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    assert!(exchange(&p, &host, &Req::post(list)).forwarded.is_some());
+}
+
+#[test]
+fn client_info_is_copied_as_a_claim_never_an_identity() {
+    let host = FakeHost::default();
+    let p = plugin(
+        r#"{"copy_claims":{"client_name":"client_info:name","client_version":"client_info:version"}}"#,
+        &host,
+    );
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather","_meta":{
+        "io.modelcontextprotocol/protocolVersion":"2026-07-28",
+        "io.modelcontextprotocol/clientInfo":{"name":"ExampleClient","version":"1.0.0"}}}});
+    let e = exchange(&p, &host, &Req::post(&body.to_string()));
+    let claims = verified_claims(&p, &host, &e, "mcp");
+    assert_eq!(
+        (claims["client_name"].as_str(), claims["client_version"].as_str()),
+        (Some("ExampleClient"), Some("1.0.0"))
+    );
+    let e = Plugin::load(br#"{"identity":{"subject":["client_info:name"]}}"#, None, &host)
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("identity.subject[0]") && e.contains("never an identity"),
+        "{e}"
+    );
+}
+
+#[test]
+fn authorization_config_is_validated_with_the_field_named() {
+    let host = FakeHost::default();
+    for (config, field) in [
+        (
+            r#"{"protected_resources":[{"resource":"mcp-gw/mcp","authorization_servers":["https://a"]}]}"#,
+            "protected_resources[0].resource",
+        ),
+        (
+            r#"{"protected_resources":[{"resource":"https://gw/mcp#x","authorization_servers":["https://a"]}]}"#,
+            "protected_resources[0].resource",
+        ),
+        (
+            r#"{"protected_resources":[{"resource":"https://gw/mcp","authorization_servers":[]}]}"#,
+            "protected_resources[0].authorization_servers",
+        ),
+        (
+            r#"{"protected_resources":[{"resource":"https://gw/mcp","authorization_servers":["a"]}]}"#,
+            "protected_resources[0].authorization_servers[0]",
+        ),
+        (
+            r#"{"protected_resources":[{"resource":"https://gw/mcp","authorization_servers":["https://a"]},{"resource":"https://gw/mcp/","authorization_servers":["https://a"]}]}"#,
+            "protected_resources[1].resource",
+        ),
+        (
+            r#"{"protected_resources":[{"resource":"https://gw/mcp","authorization_servers":["https://a"],"extra":1}]}"#,
+            "protected_resources[0]",
+        ),
+        (
+            r#"{"required_incoming_scopes":{"tools/call:a b":["x"]}}"#,
+            "required_incoming_scopes.<14 bytes, not shown>",
+        ),
+        (
+            r#"{"required_incoming_scopes":{"tools/call":["a b"]}}"#,
+            "required_incoming_scopes.tools/call[0]",
+        ),
+        (
+            r#"{"required_incoming_scopes":{"tools/call":[]}}"#,
+            "required_incoming_scopes.tools/call",
+        ),
+        (r#"{"scope_hierarchy":{"a":["b"],"b":["a"]}}"#, "scope_hierarchy.a"),
+    ] {
+        let e = Plugin::load(config.as_bytes(), None, &host).err().unwrap();
+        assert!(e.contains(&format!("field `{field}")), "{config}: {e}");
+    }
+}

@@ -99,6 +99,7 @@ impl Metrics {
         let kind = match metric.kind() {
             MetricKind::Counter => MetricType::Counter,
             MetricKind::Histogram => MetricType::Histogram,
+            MetricKind::Gauge => MetricType::Gauge,
         };
         let id = hostcalls::define_metric(kind, &name).ok();
         self.ids.borrow_mut().insert(name.into_owned(), id);
@@ -109,7 +110,7 @@ impl Metrics {
         let Some(id) = self.id(metric) else { return };
         let _ = match metric.kind() {
             MetricKind::Counter => hostcalls::increment_metric(id, metric.value() as i64),
-            MetricKind::Histogram => hostcalls::record_metric(id, metric.value()),
+            MetricKind::Histogram | MetricKind::Gauge => hostcalls::record_metric(id, metric.value()),
         };
     }
 }
@@ -170,10 +171,13 @@ impl RootContext for PluginRoot {
                     Metric::TokenCacheHits,
                     Metric::DiscoveryServed,
                     Metric::JwksServed,
+                    Metric::ProtectedResourceServed,
                     Metric::SignDurationUs(0),
                 ] {
                     self.metrics.id(&metric);
                 }
+                self.metrics
+                    .record(&Metric::GeneratedKeyInUse(loaded.plugin.keys.is_ephemeral()));
                 self.role = Role::Signer(Rc::new(loaded.plugin));
                 true
             }
@@ -267,11 +271,8 @@ impl Context for WasmRequest {
             headers,
         });
         let step = self.request.on_callout_response(&WasmHost, response);
-        match self.carry_out(step) {
-            Action::Continue => {
-                let _ = hostcalls::resume_http_request();
-            }
-            _ => {}
+        if let Action::Continue = self.carry_out(step) {
+            let _ = hostcalls::resume_http_request();
         }
     }
 }

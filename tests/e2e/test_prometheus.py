@@ -373,8 +373,8 @@ def test_alert_rules_use_real_or_proposed_metric_names(stack):
 
 def test_alert_rules_evaluate_in_the_live_prometheus(stack):
     """The rules are loaded and evaluated by the real Prometheus without error. On this healthy gateway (tokens
-    signed, 4 refusals: below the minimum of 10) no expression matches, except the generated-key rule, whose metric
-    does not exist yet."""
+    signed, 4 refusals: below the minimum of 10) no expression matches, except the generated-key rule: this gateway
+    signs with a generated key, and the filter's gauge says so."""
     _, prom, _, _ = stack
     deadline = time.monotonic() + 30
     while True:
@@ -394,6 +394,9 @@ def test_alert_rules_evaluate_in_the_live_prometheus(stack):
         matches = prom.query(expr)
         if alert == "MCPJwtSignerSignLatencyHigh" and slow:
             assert matches, f"{alert}: a signature took > 25 ms ({buckets}) but the rule does not match"
+        elif alert == "MCPJwtSignerGeneratedKeyInUse":
+            # This gateway has no configured key: the filter says so, and the rule sees it.
+            assert [m["value"][1] for m in matches] == ["1"], f"{alert}: {matches}"
         else:
             assert matches == [], f"{alert} matches on a healthy gateway: {matches}"
     # The scrape job really is one that MCPJwtSignerMetricsMissing watches (its job matcher), and it has metrics.
