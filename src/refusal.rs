@@ -44,6 +44,16 @@ pub enum Refusal {
     ToolNotAllowed(String),
     /// The matched route's metadata for this filter is malformed (an operator error).
     BadRouteMetadata(&'static str),
+    /// The route changed when the filter edited the request headers (Envoy matched the route again): the token was
+    /// scoped for the route read before the edits and must not reach another.
+    RouteChanged,
+    /// The token would exceed `max_token_bytes`.
+    TokenTooLarge {
+        /// The token's size.
+        bytes: usize,
+        /// `max_token_bytes`.
+        limit: usize,
+    },
     /// The signing key is not available (generation failed or still running).
     KeyUnavailable,
     /// Signing failed.
@@ -58,7 +68,8 @@ impl Refusal {
             Refusal::Identity(_) | Refusal::BadAuthority | Refusal::HeaderMismatch(_) => 400,
             Refusal::Unauthenticated => 401,
             Refusal::MissingClaim(_) | Refusal::ToolNotAllowed(_) => 403,
-            Refusal::BadRouteMetadata(_) => 500,
+            Refusal::BadRouteMetadata(_) | Refusal::RouteChanged => 500,
+            Refusal::TokenTooLarge { .. } => 400,
             Refusal::BodyTooLarge { .. } => 413,
             Refusal::UnsupportedEncoding => 415,
             Refusal::MethodNotAllowed { .. } => 405,
@@ -76,7 +87,9 @@ impl Refusal {
             // MCP's own code for a routing header that does not match the body.
             Refusal::HeaderMismatch(_) => -32020,
             Refusal::MissingClaim(_) | Refusal::ToolNotAllowed(_) => -32003,
-            Refusal::KeyUnavailable | Refusal::Internal(_) | Refusal::BadRouteMetadata(_) => -32603,
+            Refusal::KeyUnavailable | Refusal::Internal(_) | Refusal::BadRouteMetadata(_) | Refusal::RouteChanged => {
+                -32603
+            }
             _ => -32600,
         }
     }
@@ -99,6 +112,8 @@ impl Refusal {
             Refusal::MissingClaim(_) => "missing_required_claim",
             Refusal::ToolNotAllowed(_) => "tool_not_allowed",
             Refusal::BadRouteMetadata(_) => "bad_route_metadata",
+            Refusal::RouteChanged => "route_changed",
+            Refusal::TokenTooLarge { .. } => "token_too_large",
             Refusal::KeyUnavailable => "key_unavailable",
             Refusal::Internal(_) => "internal_error",
         }
@@ -138,6 +153,14 @@ impl Refusal {
                 format!("forbidden: tool `{tool}` is not allowed on this route")
             }
             Refusal::BadRouteMetadata(what) => format!("gateway misconfiguration: {what}"),
+            Refusal::RouteChanged => "gateway misconfiguration: the route changed when the filter edited the request \
+                headers (routes must not match on headers the filter removes or sets: the client's authorization, \
+                identity headers, the token header)"
+                .into(),
+            Refusal::TokenTooLarge { bytes, limit } => format!(
+                "the token for this request would be {bytes} bytes, over the limit of {limit} (max_token_bytes): \
+                 call fewer tools per request"
+            ),
             Refusal::KeyUnavailable => "the signing key is not available yet; retry".into(),
             Refusal::Internal(what) => format!("internal error: {what}"),
         }

@@ -89,20 +89,30 @@ fuzz_target!(|data: &[u8]| {
                 single => vec![single.clone()],
             };
             assert!(!messages.is_empty(), "accepted an empty batch");
-            let (mut methods, mut tools, mut responses) = (BTreeSet::new(), BTreeSet::new(), false);
+            let (mut methods, mut tools, mut prompts, mut responses) =
+                (BTreeSet::new(), BTreeSet::new(), BTreeSet::new(), false);
             for message in &messages {
                 let obj = message.as_object().expect("accepted a message that is not an object");
                 assert_eq!(obj.get("jsonrpc"), Some(&Value::String("2.0".into())));
                 match obj.get("method") {
                     Some(Value::String(m)) => {
                         methods.insert(m.clone());
-                        if m == "tools/call" {
+                        if m == "tools/call" || m == "prompts/get" {
                             let name = obj
                                 .get("params")
                                 .and_then(|p| p.get("name"))
                                 .and_then(Value::as_str)
-                                .expect("accepted tools/call without params.name");
-                            tools.insert(name.to_string());
+                                .expect("accepted tools/call or prompts/get without params.name");
+                            assert!(tool_name_ok(name), "accepted name {name:?}");
+                            if m == "tools/call" {
+                                tools.insert(name.to_string());
+                            } else {
+                                prompts.insert(name.to_string());
+                            }
+                        }
+                        if m == "resources/read" {
+                            let uri = obj.get("params").and_then(|p| p.get("uri")).and_then(Value::as_str);
+                            assert!(uri.is_some_and(|u| !u.is_empty()), "accepted resources/read without params.uri");
                         }
                     }
                     None => {
@@ -114,6 +124,7 @@ fuzz_target!(|data: &[u8]| {
             }
             assert_eq!(methods, call.methods, "methods differ from an independent reading");
             assert_eq!(tools, call.tools, "tools differ from an independent reading");
+            assert_eq!(prompts, call.prompts, "prompts differ from an independent reading");
             assert_eq!(responses, call.has_responses);
             match &value {
                 Value::Array(_) => assert_eq!(call.id, None, "a batch has no single id"),
@@ -130,6 +141,7 @@ fuzz_target!(|data: &[u8]| {
             check_scope(&scope);
             let mut expected: BTreeSet<String> = methods.iter().map(|m| format!("mcp:{m}")).collect();
             expected.extend(tools.iter().map(|t| format!("mcp:tools/{t}:call")));
+            expected.extend(prompts.iter().map(|p| format!("mcp:prompts/{p}:get")));
             if responses {
                 expected.insert("mcp:responses".into());
             }

@@ -29,6 +29,13 @@ pub const CACHE_MAX_BYTES: usize = 4 * 1024 * 1024;
 pub const CACHE_MAX_BYTES_LIMIT: usize = 1 << 30;
 /// Token cache: a cached token is reused while at least this fraction of `ttl_seconds` remains.
 pub const CACHE_MIN_REMAINING_FRACTION: f64 = 0.5;
+/// `max_token_bytes`: the largest token the filter signs. Many servers and proxies cap all request headers at 8-16
+/// KiB; a bigger token would be refused upstream with a plain-text 431 the client cannot read.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Smallest `max_token_bytes`: below it even a minimal RS256 token does not fit.
+pub const MAX_TOKEN_BYTES_MIN: usize = 1024;
+/// Largest `max_token_bytes` (Envoy's own request header limit is 60 KiB by default, 8 MiB at most).
+pub const MAX_TOKEN_BYTES_LIMIT: usize = 1024 * 1024;
 /// Longest text written as a claim value in the configuration (`audience`, `actor`, literals), and longest
 /// identity value accepted into a claim from a request.
 pub const MAX_CLAIM_TEXT_BYTES: usize = 1024;

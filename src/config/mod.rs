@@ -46,6 +46,8 @@ pub struct Config {
     pub identity: IdentitySources,
     /// The largest body buffered and read.
     pub max_body_bytes: usize,
+    /// The largest token signed (bytes of the compact JWS).
+    pub max_token_bytes: usize,
     /// jwt_authn's `payload_in_metadata` name read by `jwt:` sources.
     pub jwt_payload_in_metadata: String,
     /// Refuse (401) requests without a resolvable user.
@@ -107,6 +109,7 @@ impl Config {
         let actor = raw.actor.unwrap_or_else(|| defaults::ACTOR.to_string());
         check_claim_text("actor", &actor)?;
         let max_body_bytes = max_body_bytes(raw.max_body_bytes)?;
+        let max_token_bytes = max_token_bytes(raw.max_token_bytes)?;
         let identity = IdentitySources::from_config(raw.identity.unwrap_or_default())?;
         let jwt_payload_in_metadata = raw
             .jwt_payload_in_metadata
@@ -148,6 +151,7 @@ impl Config {
             actor,
             identity,
             max_body_bytes,
+            max_token_bytes,
             jwt_payload_in_metadata,
             require_subject: raw.require_subject.unwrap_or(defaults::REQUIRE_SUBJECT),
             required_claims,
@@ -183,6 +187,18 @@ fn max_body_bytes(raw: Option<i64>) -> Result<usize, ConfigError> {
         Some(n) if n as u64 > defaults::MAX_BODY_BYTES_LIMIT as u64 => Err(ConfigError::new(
             "max_body_bytes",
             format!("{n} exceeds the limit of {} bytes", defaults::MAX_BODY_BYTES_LIMIT),
+        )),
+        Some(n) => Ok(n as usize),
+    }
+}
+
+fn max_token_bytes(raw: Option<i64>) -> Result<usize, ConfigError> {
+    let (min, max) = (defaults::MAX_TOKEN_BYTES_MIN, defaults::MAX_TOKEN_BYTES_LIMIT);
+    match raw {
+        None => Ok(defaults::MAX_TOKEN_BYTES),
+        Some(n) if n < min as i64 || n > max as i64 => Err(ConfigError::new(
+            "max_token_bytes",
+            format!("must be between {min} and {max} bytes"),
         )),
         Some(n) => Ok(n as usize),
     }
@@ -282,6 +298,16 @@ mod tests {
         assert!(parse("{").is_err());
         assert!(parse("[]").is_err());
         assert!(parse(r#"{} {}"#).is_err());
+    }
+
+    #[test]
+    fn max_token_bytes_bounds() {
+        assert_eq!(parse("{}").unwrap().max_token_bytes, 8192);
+        assert_eq!(parse(r#"{"max_token_bytes":2048}"#).unwrap().max_token_bytes, 2048);
+        for bad in ["0", "1023", "1048577", "-1", "\"8k\""] {
+            let e = parse(&format!(r#"{{"max_token_bytes":{bad}}}"#)).unwrap_err();
+            assert_eq!(e.field, "max_token_bytes", "{bad}");
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub(crate) struct RawConfig {
     pub actor: Option<String>,
     pub identity: Option<IdentityConfig>,
     pub max_body_bytes: Option<i64>,
+    pub max_token_bytes: Option<i64>,
     pub jwt_payload_in_metadata: Option<String>,
     pub require_subject: Option<bool>,
     pub required_claims: Option<Vec<String>>,

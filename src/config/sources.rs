@@ -17,6 +17,16 @@ use serde::Deserialize;
 use super::defaults::MAX_CLAIM_TEXT_BYTES;
 use super::error::{shown, ConfigError};
 
+/// Connection-specific headers (RFC 9110 section 7.6.1) that Envoy's HTTP connection manager strips.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+];
+
 /// The metadata namespace Envoy's jwt_authn filter writes its verified payloads under.
 pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
 
@@ -76,6 +86,20 @@ impl Source {
                 if matches!(name.as_str(), "authorization" | "proxy-authorization" | "cookie") {
                     return Err(format!(
                         "`{name}` carries credentials, not an identity; it is never forwarded"
+                    ));
+                }
+                // Headers a filter never sees under that name: a source on them would silently be empty, making
+                // every user the gateway's actor.
+                if name == "host" {
+                    return Err(
+                        "Envoy keeps `Host` as `:authority`, which a header source cannot read; use \
+                                `property:request/host`"
+                            .into(),
+                    );
+                }
+                if HOP_BY_HOP.contains(&name.as_str()) {
+                    return Err(format!(
+                        "`{name}` is a hop-by-hop header that Envoy removes before any filter sees it"
                     ));
                 }
                 Ok(Source::Header(name))
@@ -226,6 +250,16 @@ mod tests {
     }
 
     #[test]
+    fn host_is_refused_with_the_property_that_reads_it() {
+        let e = Source::parse("header:host").unwrap_err();
+        assert!(e.contains("property:request/host"), "{e}");
+        assert_eq!(
+            Source::parse("property:request/host").unwrap(),
+            Source::Property(vec!["request".into(), "host".into()])
+        );
+    }
+
+    #[test]
     fn bad_sources_are_refused_at_load() {
         for (json, field) in [
             (r#"{"subject":["x-user-id"]}"#, "identity.subject[0]"),
@@ -239,6 +273,10 @@ mod tests {
             (r#"{"actor":["mtls:spiffe"]}"#, "identity.actor[0]"),
             (r#"{"actor":["literal:"]}"#, "identity.actor[0]"),
             (r#"{"actor":["property:node//x"]}"#, "identity.actor[0]"),
+            (r#"{"subject":["header:host"]}"#, "identity.subject[0]"),
+            (r#"{"subject":["header:Host"]}"#, "identity.subject[0]"),
+            (r#"{"email":["header:x","header:connection"]}"#, "identity.email[1]"),
+            (r#"{"actor":["header:transfer-encoding"]}"#, "identity.actor[0]"),
         ] {
             assert_eq!(sources(json).unwrap_err().field, field, "{json}");
         }

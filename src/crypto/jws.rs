@@ -18,6 +18,8 @@ pub enum JwtError {
     Encode,
     /// The signature failed.
     Sign(KeyError),
+    /// The token would be longer than the limit (its length in bytes); nothing was signed.
+    TooLarge(usize),
 }
 
 impl std::fmt::Display for JwtError {
@@ -25,12 +27,24 @@ impl std::fmt::Display for JwtError {
         match self {
             JwtError::Encode => f.write_str("claims could not be encoded as JSON"),
             JwtError::Sign(e) => e.fmt(f),
+            JwtError::TooLarge(len) => write!(f, "the token would be {len} bytes"),
         }
     }
 }
 
+/// Length of unpadded base64url of `n` bytes.
+fn b64_len(n: usize) -> usize {
+    (n * 4).div_ceil(3)
+}
+
 /// `base64url(header) . base64url(claims) . base64url(signature)`, signed with the signer's algorithm.
 pub fn encode(claims: &impl Serialize, signer: &Signer) -> Result<String, JwtError> {
+    encode_within(claims, signer, usize::MAX)
+}
+
+/// [`encode`], refusing before signing when the token would exceed `max_len` bytes (its exact length is known
+/// from the header, the claims and the algorithm's signature size, so no signature is wasted on it).
+pub fn encode_within(claims: &impl Serialize, signer: &Signer, max_len: usize) -> Result<String, JwtError> {
     let header = Header {
         alg: signer.algorithm().name(),
         typ: "JWT",
@@ -38,13 +52,18 @@ pub fn encode(claims: &impl Serialize, signer: &Signer) -> Result<String, JwtErr
     };
     let header = serde_json::to_vec(&header).map_err(|_| JwtError::Encode)?;
     let claims = serde_json::to_vec(claims).map_err(|_| JwtError::Encode)?;
-    let mut token = String::with_capacity(64 + claims.len() * 4 / 3 + 350);
+    let len = b64_len(header.len()) + 1 + b64_len(claims.len()) + 1 + b64_len(signer.signature_len());
+    if len > max_len {
+        return Err(JwtError::TooLarge(len));
+    }
+    let mut token = String::with_capacity(len);
     token.push_str(&b64::encode(header));
     token.push('.');
     token.push_str(&b64::encode(claims));
     let signature = signer.sign(token.as_bytes()).map_err(JwtError::Sign)?;
     token.push('.');
     token.push_str(&b64::encode(signature));
+    debug_assert_eq!(token.len(), len);
     Ok(token)
 }
 
@@ -75,5 +94,25 @@ mod tests {
         validation.set_issuer(&["https://gw"]);
         let data = jsonwebtoken::decode::<Value>(&token, &key, &validation).unwrap();
         assert_eq!(data.claims, claims);
+    }
+
+    #[test]
+    fn the_length_is_known_before_signing() {
+        for alg in [
+            crate::crypto::Algorithm::Rs256,
+            crate::crypto::Algorithm::Es256,
+            crate::crypto::Algorithm::EdDsa,
+        ] {
+            let signer = Signer::generate(alg).unwrap();
+            for n in [0, 1, 2, 3, 100, 1000] {
+                let claims = json!({"sub": "x".repeat(n)});
+                let token = encode(&claims, &signer).unwrap();
+                assert_eq!(encode_within(&claims, &signer, token.len()).unwrap().len(), token.len());
+                assert_eq!(
+                    encode_within(&claims, &signer, token.len() - 1),
+                    Err(JwtError::TooLarge(token.len()))
+                );
+            }
+        }
     }
 }

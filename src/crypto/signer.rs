@@ -136,6 +136,14 @@ impl Signer {
         &self.jwk().kid
     }
 
+    /// Bytes of a signature: the RSA modulus size, 64 for ES256 (`r || s`) and EdDSA.
+    pub fn signature_len(&self) -> usize {
+        match self {
+            Signer::Rs256(k) => k.modulus_len(),
+            Signer::Es256(_) | Signer::EdDsa(_) => 64,
+        }
+    }
+
     /// The JWS signature over `message` (the signing input `header.payload`).
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         match self {

@@ -12,13 +12,19 @@ use std::rc::Rc;
 
 use serde_json::Value;
 
-use super::{Effects, HeaderEdit, Headers, Host, HttpFilter, LocalResponse, Next, SharedDataError, Step, Unavailable};
+use super::{
+    Callout, CalloutResponse, Effects, HeaderEdit, Headers, Host, HttpFilter, LocalResponse, Next, SharedDataError,
+    Step, Unavailable,
+};
 
 /// Route attributes (`xds/...` paths) as a function of the current request headers: a router.
 pub type Router = Rc<dyn Fn(&Headers) -> HashMap<String, Value>>;
 
 /// Shared data of one fake proxy: what all its fake workers see.
 pub type SharedData = Rc<RefCell<HashMap<String, (Vec<u8>, u32)>>>;
+
+/// Answers the filter's callouts (`None`: the callout fails, as on a reset or a timeout).
+pub type Responder = Rc<dyn Fn(&Callout) -> Option<CalloutResponse>>;
 
 /// The request and the proxy around it, in memory.
 pub struct FakeHost {
@@ -38,6 +44,8 @@ pub struct FakeHost {
     pub shared: SharedData,
     /// Number of attribute reads (to check what the warm path costs).
     pub attribute_reads: Cell<usize>,
+    /// The other end of the filter's callouts; without one, every callout fails.
+    pub responder: Option<Responder>,
 }
 
 impl Default for FakeHost {
@@ -51,6 +59,7 @@ impl Default for FakeHost {
             now_micros: Cell::new(1_700_000_000_000_000),
             shared: SharedData::default(),
             attribute_reads: Cell::new(0),
+            responder: None,
         }
     }
 }
@@ -222,6 +231,8 @@ pub struct Exchange {
     pub effects: Effects,
     /// Every header edit, in order.
     pub edits: Vec<HeaderEdit>,
+    /// Every callout the filter made, in order.
+    pub callouts: Vec<Callout>,
 }
 
 impl Exchange {
@@ -256,12 +267,13 @@ enum Flow {
     Answered,
 }
 
-/// Carries out a step (and the `after_edits` steps it chains to), as an adapter does.
+/// Carries out a step (and the steps it chains to), as an adapter does.
 fn carry_out(filter: &mut dyn HttpFilter, host: &FakeHost, step: Step, exchange: &mut Exchange) -> Flow {
     let mut step = step;
     loop {
         exchange.effects.metrics.extend(step.effects.metrics);
         exchange.effects.logs.extend(step.effects.logs);
+        exchange.effects.audit.extend(step.effects.audit);
         for edit in &step.edits {
             host.apply(edit);
             exchange.edits.push(edit.clone());
@@ -273,7 +285,11 @@ fn carry_out(filter: &mut dyn HttpFilter, host: &FakeHost, step: Step, exchange:
                 exchange.response = Some(response);
                 return Flow::Answered;
             }
-            Next::AfterEdits => step = filter.after_edits(host),
+            Next::Callout(callout) => {
+                let response = host.responder.as_ref().and_then(|answer| answer(&callout));
+                exchange.callouts.push(callout);
+                step = filter.on_callout_response(host, response);
+            }
         }
     }
 }
@@ -281,6 +297,17 @@ fn carry_out(filter: &mut dyn HttpFilter, host: &FakeHost, step: Step, exchange:
 /// Sends `request` through `filter` on `host` and reports what happened. The host's headers and body are
 /// replaced by the request's.
 pub fn send(filter: &mut dyn HttpFilter, host: &FakeHost, request: &Request) -> Exchange {
+    send_through(filter, None, host, request)
+}
+
+/// [`send`], with `upstream` (e.g. the route guard) run as an upstream HTTP filter: after the router has matched
+/// the route again on the edited headers, before anything reaches the upstream.
+pub fn send_through(
+    filter: &mut dyn HttpFilter,
+    upstream: Option<&mut dyn HttpFilter>,
+    host: &FakeHost,
+    request: &Request,
+) -> Exchange {
     *host.headers.borrow_mut() = Headers(request.headers.clone());
     host.body.borrow_mut().clear();
     let mut exchange = Exchange::default();
@@ -310,6 +337,10 @@ pub fn send(filter: &mut dyn HttpFilter, host: &FakeHost, request: &Request) -> 
             (_, Flow::Answered) => Flow::Answered,
             (_, next) => next,
         };
+    }
+    if let (Flow::Continued, Some(upstream)) = (&flow, upstream) {
+        let step = upstream.on_request_headers(host, false);
+        flow = carry_out(upstream, host, step, &mut exchange);
     }
     if let Flow::Continued = flow {
         exchange.forwarded = Some((host.headers.borrow().clone(), host.body.borrow().clone()));

@@ -183,13 +183,44 @@ impl Metric {
     }
 }
 
-/// Side effects that change nothing about the request: metrics and log lines.
+/// The dynamic metadata namespace the filter writes its audit fields under (access logs read them with
+/// `%DYNAMIC_METADATA(mcp_jwt_signer:<key>)%`).
+pub const AUDIT_NAMESPACE: &str = "mcp_jwt_signer";
+
+/// Side effects that change nothing about the request: metrics, log lines and audit fields.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Effects {
     /// Metric updates, in order.
     pub metrics: Vec<Metric>,
     /// Log lines, in order.
     pub logs: Vec<(LogLevel, String)>,
+    /// Audit fields for the access log (namespace [`AUDIT_NAMESPACE`]): strings, numbers, booleans or lists of
+    /// strings. Never a token, never a private claim.
+    pub audit: Vec<(&'static str, Value)>,
+}
+
+/// An HTTP request the filter makes itself (e.g. RFC 7662 token introspection), through an Envoy cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Callout {
+    /// The Envoy cluster to send it to.
+    pub cluster: String,
+    /// Request headers, pseudo-headers (`:method`, `:path`, `:authority`) included.
+    pub headers: Vec<(String, String)>,
+    /// Request body.
+    pub body: Vec<u8>,
+    /// Give up after this long.
+    pub timeout_ms: u64,
+}
+
+/// The answer to a [`Callout`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CalloutResponse {
+    /// HTTP status (`:status`).
+    pub status: u32,
+    /// Response headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Response body.
+    pub body: Vec<u8>,
 }
 
 /// What happens after a step's edits are applied.
@@ -201,8 +232,8 @@ pub enum Next {
     Pause,
     /// Send this response; the request is not forwarded.
     Respond(LocalResponse),
-    /// Call [`HttpFilter::after_edits`] once the edits are applied, and carry out its step instead.
-    AfterEdits,
+    /// Hold the request and send this callout; carry out [`HttpFilter::on_callout_response`] when it returns.
+    Callout(Callout),
 }
 
 /// The filter's answer to one proxy callback.
@@ -236,8 +267,8 @@ pub trait HttpFilter {
     fn on_request_body(&mut self, host: &dyn Host, body_size: usize, end_of_stream: bool) -> Step;
     /// Request trailers have arrived.
     fn on_request_trailers(&mut self, host: &dyn Host) -> Step;
-    /// The edits of a step whose `next` was [`Next::AfterEdits`] have been applied.
-    fn after_edits(&mut self, host: &dyn Host) -> Step;
     /// The adapter could not carry out part of a step (e.g. a header edit failed); `what` says which.
     fn on_host_failure(&mut self, what: &'static str) -> Step;
+    /// A callout returned: `None` when it failed (no cluster, reset, timeout).
+    fn on_callout_response(&mut self, host: &dyn Host, response: Option<CalloutResponse>) -> Step;
 }

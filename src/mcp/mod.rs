@@ -1,4 +1,6 @@
-//! Strict reading of an MCP (JSON-RPC 2.0) request body: which methods it calls and which tools.
+//! Strict reading of an MCP (JSON-RPC 2.0) request body: which methods it calls, which tools and prompts, and,
+//! for a single message, what MCP's routing headers mirror (method, tool/prompt name or resource URI, and the
+//! protocol version in `_meta`).
 //!
 //! The result decides the token's `scope`, so anything that could make the filter and the MCP server disagree
 //! about what is being called is refused, never repaired: duplicate keys, names outside MCP's character rules,
@@ -15,6 +17,28 @@ use serde_json::{Map, Value};
 pub const MAX_METHOD_LEN: usize = 128;
 /// MCP tool names: 1-128 characters.
 pub const MAX_TOOL_NAME_LEN: usize = 128;
+/// Longest resource URI accepted (`resources/read`).
+pub const MAX_URI_LEN: usize = 8 * 1024;
+
+/// `params._meta` key of the protocol version (MCP 2026-07-28: required on every request).
+pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// `params._meta` key of the client's name and version (client-asserted).
+pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+
+/// The one message of a body that is not a batch: what MCP's routing headers mirror.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Message {
+    /// The method (`None`: a response).
+    pub method: Option<String>,
+    /// A request (it has an id) rather than a notification or a response.
+    pub is_request: bool,
+    /// `Mcp-Name`'s source: `params.name` of `tools/call` and `prompts/get`, `params.uri` of `resources/read`.
+    pub name: Option<String>,
+    /// `params._meta["io.modelcontextprotocol/protocolVersion"]`, when it is a string.
+    pub protocol_version: Option<String>,
+    /// `params._meta["io.modelcontextprotocol/clientInfo"]`, as sent (client-asserted, never an identity).
+    pub client_info: Option<Value>,
+}
 
 /// What one request body calls.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -23,12 +47,16 @@ pub struct McpCall {
     pub methods: BTreeSet<String>,
     /// Tools named by `tools/call` requests.
     pub tools: BTreeSet<String>,
+    /// Prompts named by `prompts/get` requests.
+    pub prompts: BTreeSet<String>,
     /// The body holds JSON-RPC responses (answers to server-initiated requests).
     pub has_responses: bool,
     /// The id of a single (non-batch) message, echoed in error replies.
     pub id: Option<Value>,
     /// The body is a JSON-RPC batch (an array).
     pub batch: bool,
+    /// The message, when the body is a single one.
+    pub single: Option<Box<Message>>,
 }
 
 /// Why a body was refused; maps onto JSON-RPC error codes.
@@ -105,7 +133,7 @@ pub fn parse_body(body: &[u8]) -> Result<McpCall, McpError> {
         }
         single => {
             call.id = usable_id(&single);
-            read_message(&single, &mut call)?;
+            call.single = Some(Box::new(read_message(&single, &mut call)?));
         }
     }
     Ok(call)
@@ -121,7 +149,8 @@ fn usable_id(message: &Value) -> Option<Value> {
     }
 }
 
-fn read_message(message: &Value, call: &mut McpCall) -> Result<(), McpError> {
+/// Reads one message into `call`, and returns what a routing header would mirror of it.
+fn read_message(message: &Value, call: &mut McpCall) -> Result<Message, McpError> {
     let id = usable_id(message);
     let invalid = |detail: &str| McpError::InvalidRequest {
         id: id.clone(),
@@ -150,15 +179,36 @@ fn read_message(message: &Value, call: &mut McpCall) -> Result<(), McpError> {
                 None | Some(Value::Object(_)) | Some(Value::Array(_)) => {}
                 Some(_) => return Err(invalid("\"params\" must be an object or an array")),
             }
-            if method == "tools/call" {
-                let tool = tool_name(obj).map_err(|detail| McpError::InvalidParams {
-                    id: id.clone(),
-                    detail: detail.to_string(),
-                })?;
-                call.tools.insert(tool.to_string());
-            }
+            let invalid_params = |detail: String| McpError::InvalidParams { id: id.clone(), detail };
+            let name = match method.as_str() {
+                "tools/call" => {
+                    let tool = named(obj, "tools/call", "tool").map_err(invalid_params)?;
+                    call.tools.insert(tool.to_string());
+                    Some(tool.to_string())
+                }
+                "prompts/get" => {
+                    let prompt = named(obj, "prompts/get", "prompt").map_err(invalid_params)?;
+                    call.prompts.insert(prompt.to_string());
+                    Some(prompt.to_string())
+                }
+                "resources/read" => Some(resource_uri(obj).map_err(invalid_params)?.to_string()),
+                _ => None,
+            };
             call.methods.insert(method.clone());
-            Ok(())
+            let meta = obj
+                .get("params")
+                .and_then(|p| p.get("_meta"))
+                .and_then(Value::as_object);
+            Ok(Message {
+                method: Some(method.clone()),
+                is_request: obj.contains_key("id"),
+                name,
+                protocol_version: meta
+                    .and_then(|m| m.get(META_PROTOCOL_VERSION))
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                client_info: meta.and_then(|m| m.get(META_CLIENT_INFO)).cloned(),
+            })
         }
         Some(_) => Err(invalid("\"method\" must be a string")),
         None => {
@@ -174,27 +224,44 @@ fn read_message(message: &Value, call: &mut McpCall) -> Result<(), McpError> {
                 return Err(invalid("a response must carry the \"id\" it answers"));
             }
             call.has_responses = true;
-            Ok(())
+            Ok(Message::default())
         }
     }
 }
 
-fn tool_name(obj: &Map<String, Value>) -> Result<&str, &'static str> {
+/// `params.name` of a `tools/call` or `prompts/get`, under MCP's name rules (a name becomes part of the scope).
+fn named<'a>(obj: &'a Map<String, Value>, method: &str, what: &str) -> Result<&'a str, String> {
     let params = obj
         .get("params")
         .and_then(Value::as_object)
-        .ok_or("tools/call needs \"params\" as an object")?;
+        .ok_or_else(|| format!("{method} needs \"params\" as an object"))?;
     let name = params
         .get("name")
         .and_then(Value::as_str)
-        .ok_or("tools/call needs \"params.name\" as a string")?;
+        .ok_or_else(|| format!("{method} needs \"params.name\" as a string"))?;
     if !is_valid_tool_name(name) {
-        return Err("tool name must be 1-128 characters of A-Z a-z 0-9 _ - .");
+        return Err(format!("{what} name must be 1-128 characters of A-Z a-z 0-9 _ - ."));
     }
     Ok(name)
 }
 
-/// MCP tool-name rules: 1-128 of `A-Z a-z 0-9 _ - .`. Anything else (a space would inject a scope) is refused.
+/// `params.uri` of a `resources/read`. URIs are not scope tokens (they hold any character): the scope stays
+/// `mcp:resources/read`, and the URI is only compared with `Mcp-Name`.
+fn resource_uri(obj: &Map<String, Value>) -> Result<&str, String> {
+    let uri = obj
+        .get("params")
+        .and_then(Value::as_object)
+        .and_then(|p| p.get("uri"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| "resources/read needs \"params.uri\" as a string".to_string())?;
+    if uri.is_empty() || uri.len() > MAX_URI_LEN {
+        return Err(format!("resource URI must be 1-{MAX_URI_LEN} bytes"));
+    }
+    Ok(uri)
+}
+
+/// MCP tool-name rules (prompts use them too): 1-128 of `A-Z a-z 0-9 _ - .`. Anything else (a space would inject
+/// a scope) is refused.
 pub fn is_valid_tool_name(name: &str) -> bool {
     (1..=MAX_TOOL_NAME_LEN).contains(&name.len())
         && name

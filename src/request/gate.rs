@@ -113,13 +113,18 @@ pub fn on_body(plan: &BodyPlan, body: &[u8], max_body_bytes: usize) -> Result<Ca
     }
 }
 
-/// The issuer for this request: the configured one, else the request's own `scheme://authority`.
-pub fn issuer_for(config: &Config, scheme: &[u8], authority: &[u8]) -> Result<Issuer, Refusal> {
+/// Whether the downstream connection is TLS: the one attribute a client cannot forge (`x-forwarded-proto` and an
+/// h2c `:scheme` are whatever the client sent).
+pub const TLS_VERSION_PATH: [&str; 2] = ["connection", "tls_version"];
+
+/// The issuer for this request: the configured one, else `scheme://authority` with the scheme of the connection
+/// (`https` over TLS, else `http`) and the request's `:authority`.
+pub fn issuer_for(config: &Config, tls: impl FnOnce() -> bool, authority: &[u8]) -> Result<Issuer, Refusal> {
     if let Some(issuer) = &config.issuer {
         return Ok(issuer.clone());
     }
-    let scheme = std::str::from_utf8(scheme).map_err(|_| Refusal::BadAuthority)?;
     let authority = std::str::from_utf8(authority).map_err(|_| Refusal::BadAuthority)?;
+    let scheme = if tls() { "https" } else { "http" };
     Issuer::from_request(scheme, authority).ok_or(Refusal::BadAuthority)
 }
 
@@ -229,11 +234,27 @@ mod tests {
     fn issuer_from_request_when_unset() {
         let cfg = Config::parse(b"{}").unwrap();
         assert_eq!(
-            issuer_for(&cfg, b"http", b"localhost:10000").unwrap().url,
+            issuer_for(&cfg, || false, b"localhost:10000").unwrap().url,
             "http://localhost:10000"
         );
-        assert_eq!(issuer_for(&cfg, b"http", b"evil\"host"), Err(Refusal::BadAuthority));
+        assert_eq!(
+            issuer_for(&cfg, || true, b"gw.example.com").unwrap().url,
+            "https://gw.example.com"
+        );
+        for bad in [
+            &b"evil\"host"[..],
+            b"a:b:c",
+            b"",
+            b"h:",
+            b"h:99999",
+            b"h:0",
+            b"[::1",
+            b"\xff",
+            b"a b",
+        ] {
+            assert_eq!(issuer_for(&cfg, || false, bad), Err(Refusal::BadAuthority), "{bad:?}");
+        }
         let cfg = Config::parse(br#"{"issuer":"https://gw/x"}"#).unwrap();
-        assert_eq!(issuer_for(&cfg, b"http", b"other").unwrap().url, "https://gw/x");
+        assert_eq!(issuer_for(&cfg, || false, b"other").unwrap().url, "https://gw/x");
     }
 }

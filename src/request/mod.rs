@@ -9,12 +9,15 @@
 //!    ▼
 //! authorise (allow-list, required identity) ──► claims ──► token (cache or sign) ──► set the token header
 //!    ▼
-//! after the edits: the route is still the one the token was scoped for? ──► continue
+//! (router: matches the route again on the edited headers)
+//!    ▼
+//! route guard (upstream filter): the route taken is the one the token was scoped for? ──► upstream
 //! ```
 //!
 //! Any refusal ends the request with a JSON-RPC error; nothing is forwarded.
 
 mod gate;
+mod guard;
 mod respond;
 mod route;
 mod routing_headers;
@@ -24,7 +27,8 @@ mod sign;
 mod tests;
 
 pub use gate::{issuer_for, on_body, on_headers, BodyPlan, HeadDecision, RequestHead};
-pub use route::{RouteSettings, ROUTE_METADATA_NAMESPACE, ROUTE_METADATA_PATH};
+pub use guard::{RouteGuard, GUARD_ROOT_ID};
+pub use route::{RouteKey, RouteSettings, ROUTE_HEADER, ROUTE_METADATA_NAMESPACE, ROUTE_METADATA_PATH};
 pub use routing_headers::check_routing_headers;
 pub use sign::{authorize, token_for, SignRequest, Token};
 
@@ -34,7 +38,7 @@ use serde_json::Value;
 
 use crate::claims::{self, Call};
 use crate::config::Issuer;
-use crate::host::{Effects, HeaderEdit, Headers, Host, HttpFilter, LogLevel, Metric, Next, Step};
+use crate::host::{CalloutResponse, Effects, HeaderEdit, Headers, Host, HttpFilter, LogLevel, Metric, Next, Step};
 use crate::plugin::Plugin;
 use crate::refusal::Refusal;
 use crate::well_known::Endpoint;
@@ -47,6 +51,8 @@ struct Head {
     issuer: Issuer,
     /// The route's settings, read before any header edit (a refusal is reported when the request is signed).
     route: Result<RouteSettings, Refusal>,
+    /// The route's identity at that moment.
+    route_key: RouteKey,
 }
 
 /// Where the request stands.
@@ -55,8 +61,6 @@ enum Phase {
     Start,
     /// Buffering the body.
     Body(Box<Head>, BodyPlan),
-    /// The token header is set; waiting for the edits to be applied.
-    Signed,
     /// Forwarded or answered: nothing more to do.
     Done,
 }
@@ -108,7 +112,7 @@ impl Request {
             edits: Vec::new(),
             effects: Effects {
                 metrics: vec![metric],
-                logs: Vec::new(),
+                ..Effects::default()
             },
             next: Next::Respond(response),
         }
@@ -125,11 +129,8 @@ impl Request {
             edits.push(HeaderEdit::Remove("authorization"));
             headers.remove("authorization");
         }
-        let issuer = match issuer_for(
-            config,
-            headers.first(":scheme").unwrap_or_default(),
-            headers.first(":authority").unwrap_or_default(),
-        ) {
+        let tls = || matches!(host.attribute(&gate::TLS_VERSION_PATH), Ok(Some(_)));
+        let issuer = match issuer_for(config, tls, headers.first(":authority").unwrap_or_default()) {
             Ok(issuer) => issuer,
             Err(refusal) => return self.refuse(refusal, Effects::default()),
         };
@@ -149,17 +150,21 @@ impl Request {
             HeadDecision::Sign(call) => BodyPlan::MustBeEmpty(call),
             HeadDecision::AwaitBody(plan) => plan,
         };
-        let route = match host.attribute(&ROUTE_METADATA_PATH) {
-            Ok(value) => RouteSettings::from_namespace(value.as_ref()),
-            Err(_) => Err(Refusal::BadRouteMetadata("route metadata could not be read")),
-        };
+        // The route as it is before the filter edits anything (one read per part).
+        let route_key = RouteKey::read(host);
+        let route = route_key.settings();
         // Only the identity headers present in the request are removed (each removal is a host call).
         for name in &config.stripped_headers {
             if headers.contains(name) {
                 edits.push(HeaderEdit::RemoveNamed(name.clone()));
             }
         }
-        let head = Box::new(Head { headers, issuer, route });
+        let head = Box::new(Head {
+            headers,
+            issuer,
+            route,
+            route_key,
+        });
         if end_of_stream {
             let mut step = self.sign(&head, &plan, &[], host);
             edits.append(&mut step.edits);
@@ -186,9 +191,7 @@ impl Request {
         if let Call::Messages(messages) = &call {
             self.request_id = messages.id.clone();
         }
-        let methods: Vec<&[u8]> = head.headers.all("mcp-method").collect();
-        let names: Vec<&[u8]> = head.headers.all("mcp-name").collect();
-        if let Err(refusal) = check_routing_headers(&call, &methods, &names) {
+        if let Err(refusal) = check_routing_headers(&call, &head.headers) {
             return self.refuse(refusal, Effects::default());
         }
         let route = match &head.route {
@@ -230,11 +233,15 @@ impl Request {
                     .push(Metric::SignDurationUs(done_us.saturating_sub(started_us)));
             }
         }
-        self.phase = Phase::Signed;
+        self.phase = Phase::Done;
         Step {
-            edits: vec![HeaderEdit::Set("authorization", format!("Bearer {}", token.jwt))],
+            edits: vec![
+                HeaderEdit::Set("authorization", format!("Bearer {}", token.jwt)),
+                // The route guard compares it with the route the request really takes.
+                HeaderEdit::Set(ROUTE_HEADER, head.route_key.fingerprint()),
+            ],
             effects,
-            next: Next::AfterEdits,
+            next: Next::Continue,
         }
     }
 }
@@ -264,9 +271,7 @@ impl HttpFilter for Request {
                 self.sign(&head, &plan, &body, host)
             }
             Phase::Done => Step::just(Next::Continue),
-            Phase::Start | Phase::Signed => {
-                self.refuse(Refusal::Internal("body outside the body phase"), Effects::default())
-            }
+            Phase::Start => self.refuse(Refusal::Internal("body outside the body phase"), Effects::default()),
         }
     }
 
@@ -278,17 +283,14 @@ impl HttpFilter for Request {
         }
     }
 
-    fn after_edits(&mut self, _host: &dyn Host) -> Step {
-        match self.phase {
-            Phase::Signed => {
-                self.phase = Phase::Done;
-                Step::just(Next::Continue)
-            }
-            _ => self.refuse(Refusal::Internal("edits applied outside signing"), Effects::default()),
-        }
-    }
-
     fn on_host_failure(&mut self, what: &'static str) -> Step {
         self.refuse(Refusal::Internal(what), Effects::default())
+    }
+
+    fn on_callout_response(&mut self, _host: &dyn Host, _response: Option<CalloutResponse>) -> Step {
+        self.refuse(
+            Refusal::Internal("a callout the filter did not make"),
+            Effects::default(),
+        )
     }
 }

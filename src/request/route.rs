@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use crate::host::{Host, Unavailable};
 use crate::mcp;
 use crate::refusal::Refusal;
 
@@ -13,6 +14,63 @@ pub const ROUTE_METADATA_NAMESPACE: &str = "mcp_jwt_signer";
 
 /// The attribute path of this filter's route metadata.
 pub const ROUTE_METADATA_PATH: [&str; 4] = ["xds", "route_metadata", "filter_metadata", ROUTE_METADATA_NAMESPACE];
+
+/// What identifies the route a request takes. The signer reads it before its first header edit, and scopes the
+/// token from that route's metadata. Envoy's wasm host clears the route cache on every header write, so the
+/// router matches again on the edited headers, and a filter cannot see the new match (its attributes keep
+/// showing the old route until the router runs). The route guard, the same module run as an upstream HTTP filter
+/// of the router, reads the route the request really takes and refuses the request when its key differs from
+/// the signer's (see `request::guard`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteKey {
+    /// `xds/route_name` (`None` for an unnamed route).
+    pub name: Option<Value>,
+    /// `xds/cluster_name`: where the request goes.
+    pub cluster: Option<Value>,
+    /// This filter's route metadata (audience, allow-list), or the failure to read it.
+    pub metadata: Result<Option<Value>, Unavailable>,
+}
+
+/// The request header in which the signer tells the route guard which route the token was scoped for. The signer
+/// always sets it (replacing whatever the client sent); the guard removes it before the request goes upstream.
+pub const ROUTE_HEADER: &str = "x-mcp-jwt-signer-route";
+
+/// The attribute paths of a [`RouteKey`].
+pub const ROUTE_NAME_PATH: [&str; 2] = ["xds", "route_name"];
+/// See [`ROUTE_NAME_PATH`].
+pub const CLUSTER_NAME_PATH: [&str; 2] = ["xds", "cluster_name"];
+
+impl RouteKey {
+    /// Reads the current route's key (three attribute reads). A name that cannot be read reads as absent: the
+    /// comparison still catches a change of the other parts.
+    pub fn read(host: &dyn Host) -> RouteKey {
+        RouteKey {
+            name: host.attribute(&ROUTE_NAME_PATH).ok().flatten(),
+            cluster: host.attribute(&CLUSTER_NAME_PATH).ok().flatten(),
+            metadata: host.attribute(&ROUTE_METADATA_PATH),
+        }
+    }
+
+    /// A short digest of the key (base64url of the first 16 bytes of SHA-256 over its JSON), carried from the
+    /// signer to the route guard in [`ROUTE_HEADER`].
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let metadata = match &self.metadata {
+            Ok(value) => value.clone().unwrap_or(Value::Null),
+            Err(Unavailable) => Value::String("<unavailable>".into()),
+        };
+        let canonical = serde_json::json!([self.name, self.cluster, metadata]).to_string();
+        crate::crypto::b64::encode(&Sha256::digest(canonical.as_bytes())[..16])
+    }
+
+    /// The route's settings for this filter.
+    pub fn settings(&self) -> Result<RouteSettings, Refusal> {
+        match &self.metadata {
+            Ok(value) => RouteSettings::from_namespace(value.as_ref()),
+            Err(Unavailable) => Err(Refusal::BadRouteMetadata("route metadata could not be read")),
+        }
+    }
+}
 
 /// The settings of the route a request takes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -100,7 +100,16 @@ pub fn token_for(
     let jti = new_jti().ok_or(Refusal::Internal("random source unavailable"))?;
     let claims = timeless.stamp(now, req.config.ttl_seconds, jti, &req.config.claims);
     let exp = claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(now);
-    let jwt = jws::encode(&claims, signer).map_err(|_| Refusal::Internal("signing failed"))?;
+    let jwt = match jws::encode_within(&claims, signer, req.config.max_token_bytes) {
+        Ok(jwt) => jwt,
+        Err(jws::JwtError::TooLarge(bytes)) => {
+            return Err(Refusal::TokenTooLarge {
+                bytes,
+                limit: req.config.max_token_bytes,
+            })
+        }
+        Err(_) => return Err(Refusal::Internal("signing failed")),
+    };
     if let Some(key) = key {
         cache.insert(key, jwt.clone(), exp);
     }

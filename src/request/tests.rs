@@ -7,7 +7,7 @@ use std::rc::Rc;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::host::fake::{send, Exchange, FakeHost, Request as Req, Router};
+use crate::host::fake::{send, send_through, Exchange, FakeHost, Request as Req, Router};
 use crate::host::{Headers, Host, Metric};
 use crate::plugin::Plugin;
 
@@ -20,6 +20,13 @@ fn plugin(config: &str, host: &FakeHost) -> Rc<Plugin> {
 fn exchange(plugin: &Rc<Plugin>, host: &FakeHost, request: &Req) -> Exchange {
     let mut filter = Request::new(plugin.clone());
     send(&mut filter, host, request)
+}
+
+/// The request through the signer, the router's new match, and the route guard (an upstream filter).
+fn guarded(plugin: &Rc<Plugin>, host: &FakeHost, request: &Req) -> Exchange {
+    let mut filter = Request::new(plugin.clone());
+    let mut guard = RouteGuard;
+    send_through(&mut filter, Some(&mut guard), host, request)
 }
 
 /// The forwarded token's claims, verified with jsonwebtoken against the gateway's own JWKS.
@@ -122,6 +129,7 @@ fn the_client_authorization_is_removed_at_the_headers_and_replaced_by_the_token(
     assert_eq!(e.edits[0], HeaderEdit::Remove("authorization"));
     // Layer 2: the token replaces whatever is there.
     assert!(matches!(&e.edits[1], HeaderEdit::Set("authorization", v) if v.starts_with("Bearer ey")));
+    assert!(matches!(&e.edits[2], HeaderEdit::Set(ROUTE_HEADER, _)));
     let forwarded = e.forwarded_header("authorization").unwrap();
     assert!(!forwarded.contains("one") && !forwarded.contains("two"));
 }
@@ -494,4 +502,145 @@ fn a_router_fake_reroutes_after_edits() {
         Host::attribute(&host, &["xds", "route_name"]).unwrap(),
         Some(json!("default"))
     );
+}
+
+#[test]
+fn a_token_over_max_token_bytes_is_refused_before_signing() {
+    let host = FakeHost::default();
+    let p = plugin(r#"{"max_token_bytes":2048}"#, &host);
+    let batch: Vec<Value> = (0..100)
+        .map(|i| json!({"jsonrpc":"2.0","id":i,"method":"tools/call","params":{"name":format!("tool_{i:03}")}}))
+        .collect();
+    let e = exchange(&p, &host, &Req::post(&Value::Array(batch).to_string()));
+    assert_refused(&e, 400, -32600, "token_too_large");
+    assert!(!e.effects.metrics.contains(&Metric::TokensMinted));
+    let message = e.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("max_token_bytes") && message.contains("2048"),
+        "{message}"
+    );
+    // The same batch under the default (8 KiB) fits.
+    let p = plugin("{}", &host);
+    let small: Vec<Value> = (0..20)
+        .map(|i| json!({"jsonrpc":"2.0","id":i,"method":"tools/call","params":{"name":format!("tool_{i:03}")}}))
+        .collect();
+    let e = exchange(&p, &host, &Req::post(&Value::Array(small).to_string()));
+    assert!(e.forwarded.is_some());
+    assert!(e.forwarded_header("authorization").unwrap().len() <= 8192 + 7);
+}
+
+/// Two routes chosen by `x-team-id` (red, else default), each with its own audience, as Envoy would match them.
+fn team_routes() -> FakeHost {
+    static ROUTES: std::sync::OnceLock<Vec<(&'static str, Value)>> = std::sync::OnceLock::new();
+    let routes = ROUTES.get_or_init(|| {
+        vec![
+            ("default", json!({"audience": "https://default.example.com/mcp"})),
+            (
+                "red",
+                json!({"audience": "https://red.example.com/mcp", "allowed_tools": ["get_weather"]}),
+            ),
+        ]
+    });
+    route_host(routes.as_slice())
+}
+
+#[test]
+fn a_token_never_reaches_a_route_it_was_not_minted_for() {
+    // Routing on an identity header that the filter strips: the router would send the red token to the default
+    // server. Refused, with a log line that says why.
+    let host = team_routes();
+    let p = plugin(r#"{"identity":{"actor":["header:x-team-id"]}}"#, &host);
+    // Without the guard, this is what the router would do: the red token at the default server.
+    let unguarded = exchange(&p, &host, &Req::post(TOOLS_CALL).header("x-team-id", "red"));
+    assert!(unguarded.forwarded.is_some());
+    let e = guarded(&p, &host, &Req::post(TOOLS_CALL).header("x-team-id", "red"));
+    assert_refused(&e, 500, -32603, "route_changed");
+    assert!(e.effects.logs.last().unwrap().1.contains("route changed"));
+    // Without stripping, the route stays red and the token is red's.
+    let p = plugin(
+        r#"{"identity":{"actor":["header:x-team-id"]},"strip_identity_headers":false}"#,
+        &host,
+    );
+    let e = guarded(&p, &host, &Req::post(TOOLS_CALL).header("x-team-id", "red"));
+    let claims = verified_claims(&p, &host, &e, "https://red.example.com/mcp");
+    assert_eq!(claims["act"]["sub"], "red");
+    // The guard removes its header before the request goes upstream.
+    assert!(!e.forwarded.as_ref().unwrap().0.contains(ROUTE_HEADER));
+    // A request that does not name the team takes the default route with the default audience.
+    let e = guarded(&p, &host, &Req::post(TOOLS_CALL));
+    verified_claims(&p, &host, &e, "https://default.example.com/mcp");
+}
+
+#[test]
+fn a_route_matching_on_the_token_header_is_refused() {
+    // A route chosen by the presence of `authorization`: the filter's own token would flip the route.
+    let router: Router = Rc::new(|headers: &Headers| {
+        let (name, aud) = if headers.contains("authorization") {
+            ("authenticated", "https://a.example.com")
+        } else {
+            ("anonymous", "https://b.example.com")
+        };
+        HashMap::from([
+            ("xds/route_name".to_string(), json!(name)),
+            ("xds/cluster_name".to_string(), json!(name)),
+            (
+                "xds/route_metadata/filter_metadata/mcp_jwt_signer".to_string(),
+                json!({"audience": aud}),
+            ),
+        ])
+    });
+    let host = FakeHost {
+        router: Some(router),
+        ..FakeHost::default()
+    };
+    let p = plugin("{}", &host);
+    assert_refused(
+        &guarded(&p, &host, &Req::post(TOOLS_CALL)),
+        500,
+        -32603,
+        "route_changed",
+    );
+    // A client that sent its own authorization was matched to the authenticated route before the filter edited
+    // anything, and stays there with our token in place of its own: consistent, so it is signed.
+    let e = guarded(&p, &host, &Req::post(TOOLS_CALL).header("authorization", "Bearer x"));
+    verified_claims(&p, &host, &e, "https://a.example.com");
+}
+
+#[test]
+fn the_guard_refuses_a_request_that_did_not_pass_the_signer() {
+    let host = team_routes();
+    let mut guard = RouteGuard;
+    let mut passthrough = Passthrough;
+    // No signer: no route header.
+    let e = send_through(&mut passthrough, Some(&mut guard), &host, &Req::post(TOOLS_CALL));
+    assert_refused(&e, 500, -32603, "internal_error");
+    // A client-made header is no way past it either ...
+    let forged = Req::post(TOOLS_CALL).header(ROUTE_HEADER, "forged");
+    let e = send_through(&mut passthrough, Some(&mut guard), &host, &forged);
+    assert_refused(&e, 500, -32603, "route_changed");
+    // ... and through the signer, which replaces it with its own, the request goes on.
+    let p = plugin("{}", &host);
+    let e = guarded(&p, &host, &forged);
+    assert!(e.forwarded.is_some());
+}
+
+/// A filter that lets everything through, in the signer's place.
+struct Passthrough;
+
+impl HttpFilter for Passthrough {
+    fn on_request_headers(&mut self, _: &dyn Host, _: bool) -> Step {
+        Step::just(Next::Continue)
+    }
+    fn on_request_body(&mut self, _: &dyn Host, _: usize, _: bool) -> Step {
+        Step::just(Next::Continue)
+    }
+    fn on_request_trailers(&mut self, _: &dyn Host) -> Step {
+        Step::just(Next::Continue)
+    }
+    fn on_host_failure(&mut self, _: &'static str) -> Step {
+        Step::just(Next::Continue)
+    }
+    fn on_callout_response(&mut self, _: &dyn Host, _: Option<CalloutResponse>) -> Step {
+        Step::just(Next::Continue)
+    }
 }

@@ -17,18 +17,28 @@ use serde_json::Value;
 use crate::config::SIGNING_KEY_ENV;
 use crate::envoy_value;
 use crate::host::{
-    Effects, HeaderEdit, Headers, Host, HttpFilter, LogLevel, Metric, MetricKind, Next, SharedDataError, Step,
-    Unavailable,
+    CalloutResponse, Effects, HeaderEdit, Headers, Host, HttpFilter, LogLevel, Metric, MetricKind, Next,
+    SharedDataError, Step, Unavailable, AUDIT_NAMESPACE,
 };
 use crate::plugin::Plugin;
-use crate::request::Request;
+use crate::request::{Request, RouteGuard, GUARD_ROOT_ID};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(WasmLogLevel::Trace);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(PluginRoot { plugin: None, metrics: Rc::new(Metrics::default()) })
+        Box::new(PluginRoot { role: Role::Unconfigured, metrics: Rc::new(Metrics::default()) })
     });
 }}
+
+/// What a plugin instance of this module is, chosen by its root id.
+enum Role {
+    /// Not configured yet (or refused).
+    Unconfigured,
+    /// The signer (any root id but the guard's).
+    Signer(Rc<Plugin>),
+    /// The route guard (root id `mcp_jwt_signer_route_guard`), an upstream filter of the router.
+    Guard,
+}
 
 /// The proxy-wasm host: stateless, every query is a host call.
 struct WasmHost;
@@ -119,10 +129,16 @@ fn emit(metrics: &Metrics, effects: &Effects) {
     for (level, line) in &effects.logs {
         log(*level, line);
     }
+    for (key, value) in &effects.audit {
+        // Filter state `wasm.mcp_jwt_signer.<key>`, JSON text; read in access logs as
+        // %FILTER_STATE(wasm.mcp_jwt_signer.<key>:PLAIN)%.
+        let path = format!("{AUDIT_NAMESPACE}.{key}");
+        let _ = hostcalls::set_property(vec![path.as_str()], Some(value.to_string().as_bytes()));
+    }
 }
 
 struct PluginRoot {
-    plugin: Option<Rc<Plugin>>,
+    role: Role,
     metrics: Rc<Metrics>,
 }
 
@@ -137,6 +153,12 @@ impl RootContext for PluginRoot {
                 return false;
             }
         };
+        let root_id = hostcalls::get_property(vec!["plugin_root_id"]).ok().flatten();
+        if root_id.as_deref() == Some(GUARD_ROOT_ID.as_bytes()) {
+            self.role = Role::Guard;
+            log::info!("route guard ready");
+            return true;
+        }
         let env_key = std::env::var(SIGNING_KEY_ENV).ok();
         match Plugin::load(&bytes, env_key.as_deref(), &WasmHost) {
             Ok(loaded) => {
@@ -152,7 +174,7 @@ impl RootContext for PluginRoot {
                 ] {
                     self.metrics.id(&metric);
                 }
-                self.plugin = Some(Rc::new(loaded.plugin));
+                self.role = Role::Signer(Rc::new(loaded.plugin));
                 true
             }
             Err(message) => {
@@ -164,9 +186,13 @@ impl RootContext for PluginRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let plugin = self.plugin.clone()?;
+        let request: Box<dyn HttpFilter> = match &self.role {
+            Role::Unconfigured => return None,
+            Role::Signer(plugin) => Box::new(Request::new(plugin.clone())),
+            Role::Guard => Box::new(RouteGuard),
+        };
         Some(Box::new(WasmRequest {
-            request: Request::new(plugin),
+            request,
             metrics: self.metrics.clone(),
         }))
     }
@@ -176,9 +202,9 @@ impl RootContext for PluginRoot {
     }
 }
 
-/// One HTTP request: the pure state machine and the metrics it updates.
+/// One HTTP request: the pure state machine (the signer's, or the guard's) and the metrics it updates.
 struct WasmRequest {
-    request: Request,
+    request: Box<dyn HttpFilter>,
     metrics: Rc<Metrics>,
 }
 
@@ -209,13 +235,46 @@ impl WasmRequest {
                     }
                     return Action::Pause;
                 }
-                Next::AfterEdits => step = self.request.after_edits(&WasmHost),
+                Next::Callout(callout) => {
+                    let headers: Vec<(&str, &str)> =
+                        callout.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    let timeout = std::time::Duration::from_millis(callout.timeout_ms);
+                    match hostcalls::dispatch_http_call(&callout.cluster, headers, Some(&callout.body), vec![], timeout)
+                    {
+                        Ok(_) => return Action::Pause,
+                        Err(_) => step = self.request.on_callout_response(&WasmHost, None),
+                    }
+                }
             }
         }
     }
 }
 
-impl Context for WasmRequest {}
+impl Context for WasmRequest {
+    fn on_http_call_response(&mut self, _token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let headers = hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let status = headers
+            .iter()
+            .find(|(k, _)| k == ":status")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .and_then(|s| s.parse().ok());
+        let response = status.map(|status| CalloutResponse {
+            status,
+            body: hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+            headers,
+        });
+        let step = self.request.on_callout_response(&WasmHost, response);
+        match self.carry_out(step) {
+            Action::Continue => {
+                let _ = hostcalls::resume_http_request();
+            }
+            _ => {}
+        }
+    }
+}
 
 impl HttpContext for WasmRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {

@@ -249,8 +249,10 @@ def _match_arms(text: str, fn: str) -> list:
     or `Body/Inner` for `Refusal::Body(McpError::Inner..)`; `_` is the default arm."""
     m = re.search(rf"pub fn {fn}\(&self\)[^{{]*\{{\s*match self \{{(.*?)\n        \}}\n    \}}", text, re.S)
     assert m, f"Refusal::{fn} not found"
+    body = re.sub(r"=>\s*\{\s*(-?\d+|\"[a-z_]+\")\s*\}", r"=> \1,", m.group(1))  # `=> { -32603 }`
+    body = re.sub(r"\|\s*\n\s*", "| ", body)  # a pattern continued on the next line
     arms = []
-    for line in m.group(1).splitlines():
+    for line in body.splitlines():
         arm = re.match(r"^\s*(.+?)\s*=>\s*(-?\d+|\"[a-z_]+\"),?\s*$", line)
         if not arm:
             continue
@@ -276,10 +278,16 @@ def refusals() -> dict:
                 return int(value)
         raise AssertionError(f"no arm for {key}")
 
-    out = {}
+    out, seen = {}, set()
     for keys, reason in _match_arms(text, "reason"):
         for key in keys:
             out[reason] = (lookup(status, key), lookup(code, key))
+            seen.add(key.split("/")[0])
+    enum = re.search(r"pub enum Refusal \{(.*?)\n\}", text, re.S)
+    variants = set(re.findall(r"^    (\w+)\b", enum.group(1), re.M)) if enum else set()
+    assert variants and variants == seen, (
+        f"src/refusal.rs: read the reasons of {sorted(seen)}, but the enum has {sorted(variants)} "
+        "(doc_snippets.refusals() cannot read an arm of Refusal::reason())")
     return out
 
 

@@ -131,6 +131,25 @@ def wasm_filter_config(cfg: dict) -> dict:
     return found[0]
 
 
+def route_guard_configs(cfg: dict) -> list:
+    """The `config` blocks of the route guard (the module as an upstream filter of each router)."""
+    found = []
+    for f in _http_filters(cfg):
+        for up in f.get("typed_config", {}).get("upstream_http_filters", []):
+            if up.get("typed_config", {}).get("@type") == WASM_FILTER_TYPE:
+                found.append(up["typed_config"]["config"])
+    return found
+
+
+def remove_route_guard(cfg: dict) -> None:
+    """Drops the route guard from every router: for configs built from envoy.yaml WITHOUT the signer (a verifier
+    Envoy), where the guard would refuse every request for not having passed the signer."""
+    for f in _http_filters(cfg):
+        tc = f.get("typed_config", {})
+        if "upstream_http_filters" in tc:
+            del tc["upstream_http_filters"]
+
+
 def upstream_cluster_name(cfg: dict) -> str:
     names = set()
     for listener in cfg["static_resources"]["listeners"]:
@@ -162,6 +181,8 @@ def build_envoy_config(plugin_config, *, admin_port: int, listener_port: int, up
 
     wasm = wasm_filter_config(cfg)
     wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
+    for guard in route_guard_configs(cfg):
+        guard["vm_config"]["code"]["local"]["filename"] = str(WASM)
     wasm["configuration"]["value"] = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
 
     if extra_edit is not None:
@@ -455,3 +476,102 @@ def raw_request(url: str, method: str, path: str, *, headers=None, body=None, ch
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
     finally:
         conn.close()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# what reached the upstream: deterministic, from Envoy's own counters
+# --------------------------------------------------------------------------------------------------------------
+def upstream_requests_total(envoy: Envoy) -> int:
+    """Every upstream request Envoy's router has started, on every cluster (admin `/stats`, counters only)."""
+    r = requests.get(envoy.admin_url + "/stats", params={"filter": r"^cluster\..*\.upstream_rq_total$",
+                                                           "format": "json"}, timeout=5)
+    r.raise_for_status()
+    return sum(int(s.get("value", 0)) for s in r.json().get("stats", []) if "value" in s)
+
+
+@contextlib.contextmanager
+def nothing_forwarded(gateway, *upstreams):
+    """Asserts that nothing the block sends reaches any upstream: Envoy's router started no upstream request (its
+    counter is read after the response, so no wait is involved) and the recording upstreams saw nothing."""
+    envoy = gateway.envoy if isinstance(gateway, Gateway) else gateway
+    upstreams = upstreams or ((gateway.upstream,) if isinstance(gateway, Gateway) else ())
+    before = upstream_requests_total(envoy)
+    seen_before = [len(u.requests) for u in upstreams]
+    yield
+    after = upstream_requests_total(envoy)
+    assert after == before, f"Envoy started {after - before} upstream request(s)"
+    for up, n in zip(upstreams, seen_before):
+        assert len(up.requests) == n, f"upstream saw {[(r.method, r.path) for r in up.requests[n:]]}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# HTTP/2 (h2c, prior knowledge) with full control of frames
+# --------------------------------------------------------------------------------------------------------------
+def h2_request(url: str, headers, *, body_chunks=(), trailers=None, reset_after_chunks=None, timeout: float = 10.0):
+    """One HTTP/2 stream over cleartext (prior knowledge). `headers`: a list of (name, value) including the
+    pseudo-headers; repeated names are sent as they are. `trailers`: a list of (name, value) sent after the body.
+    `reset_after_chunks`: send RST_STREAM after that many body chunks instead of ending the stream.
+    Returns (status, headers dict of the last value, body bytes); status None after a reset."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+    try:
+        conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding=None,
+                                                                        validate_outbound_headers=False,
+                                                                        normalize_outbound_headers=False))
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        stream = conn.get_next_available_stream_id()
+        chunks = list(body_chunks)
+        end_on_headers = not chunks and trailers is None and reset_after_chunks is None
+        conn.send_headers(stream, [(k.encode() if isinstance(k, str) else k, v.encode() if isinstance(v, str) else v)
+                                   for k, v in headers], end_stream=end_on_headers)
+        sock.sendall(conn.data_to_send())
+        for i, chunk in enumerate(chunks):
+            if reset_after_chunks is not None and i == reset_after_chunks:
+                break
+            last = i == len(chunks) - 1 and trailers is None and reset_after_chunks is None
+            conn.send_data(stream, chunk, end_stream=last)
+            sock.sendall(conn.data_to_send())
+        if reset_after_chunks is not None:
+            conn.reset_stream(stream)
+            sock.sendall(conn.data_to_send())
+            return None, {}, b""
+        if trailers is not None:
+            conn.send_headers(stream, [(k.encode(), v.encode()) for k, v in trailers], end_stream=True)
+            sock.sendall(conn.data_to_send())
+        status, resp_headers, body = None, {}, b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
+                    for k, v in event.headers:
+                        k, v = k.decode(), v.decode()
+                        if k == ":status":
+                            status = int(v)
+                        else:
+                            resp_headers[k] = v
+                elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream:
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, stream)
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)) and event.stream_id == stream:
+                    sock.sendall(conn.data_to_send())
+                    return status, resp_headers, body
+            sock.sendall(conn.data_to_send())
+        return status, resp_headers, body
+    finally:
+        sock.close()
+
+
+def h2_post(url: str, path: str, body: bytes, extra=(), **kw):
+    """A JSON-RPC POST over h2c: pseudo-headers for `url`, MCP's content headers, then `extra`."""
+    parts = urlsplit(url)
+    headers = [(":method", "POST"), (":scheme", "http"), (":authority", parts.netloc), (":path", path),
+               ("content-type", "application/json"), ("accept", "application/json, text/event-stream"), *extra]
+    return h2_request(url, headers, body_chunks=[body], **kw)

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from harness import stop_process, JWKS_SUFFIX, REPO, b64url_decode, b64url_uint, free_port, load_envoy_yaml, rfc7638_thumbprint, \
-    wasm_filter_config
+from harness import stop_process, JWKS_SUFFIX, REPO, b64url_decode, b64url_uint, free_port, load_envoy_yaml, \
+    remove_route_guard, rfc7638_thumbprint, wasm_filter_config
 
 WEATHER_SERVER = REPO / "examples" / "weather_server.py"
 CALL_TOOL = REPO / "examples" / "call_tool.py"
@@ -192,6 +192,7 @@ def jwt_authn_verifier_edit(*, issuer: str, gateway_port: int, cache_duration: s
                                          **jwt_authn_config(issuer=issuer, audiences=audiences,
                                                             jwks_cluster="mcp_gateway_jwks",
                                                             cache_duration=cache_duration)}}
+        remove_route_guard(cfg)
         cfg["static_resources"]["clusters"].append(_static_cluster("mcp_gateway_jwks", gateway_port))
         for prefix, cluster, port in routes:
             add_route(cfg, prefix, cluster, port)

@@ -199,15 +199,25 @@ def _stub_cluster(name: str) -> dict:
                 {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9}}}}]}]}}
 
 
+def _use_built_wasm(node) -> None:
+    """envoy.yaml's wasm filters (the signer and the route guard) load the built module, wherever Envoy runs."""
+    if isinstance(node, dict):
+        if "vm_config" in node and "local" in node["vm_config"].get("code", {}):
+            node["vm_config"]["code"]["local"]["filename"] = str(WASM)
+        for v in node.values():
+            _use_built_wasm(v)
+    elif isinstance(node, list):
+        for v in node:
+            _use_built_wasm(v)
+
+
 def envoy_config_for(snippet: dict) -> dict:
     """envoy.yaml with the snippet in its place (its top-level keys say where), stub clusters for the names it uses."""
     if set(snippet) & {"static_resources", "admin"}:
         cfg = copy.deepcopy(snippet)
     else:
         cfg = load_envoy_yaml()
-        for flt in _hcm(cfg)["http_filters"]:
-            if flt["name"] == "envoy.filters.http.wasm":
-                flt["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(WASM)
+        _use_built_wasm(cfg)
         for key, value in snippet.items():
             if key == "listeners":
                 cfg["static_resources"]["listeners"] = value

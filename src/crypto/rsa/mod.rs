@@ -99,6 +99,12 @@ impl RsaSigner {
         &self.jwk
     }
 
+    /// Bytes of the modulus (and of every signature).
+    pub fn modulus_len(&self) -> usize {
+        use ::rsa::traits::PublicKeyParts;
+        self.key.as_ref().size()
+    }
+
     /// The key id (RFC 7638 thumbprint).
     pub fn kid(&self) -> &str {
         &self.jwk.kid
