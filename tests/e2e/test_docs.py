@@ -411,9 +411,15 @@ def test_discovery_and_jwks_are_documented_as_served(gateways):
         gw = gateways[setup]
         expected = json.loads(b.text.replace(EXAMPLE_ISSUER, gw.url))
         suffix = "/.well-known/openid-configuration" if kind == "discovery" else JWKS_SUFFIX
-        served = requests.get(gw.url + suffix, timeout=5).json()
-        for problem in _matches(expected, served):
+        r = requests.get(gw.url + suffix, timeout=5)
+        for problem in _matches(expected, r.json()):
             found.add(b.where, problem)
+        # The headers docs/verifying-tokens.md names: RS256's key is configured, the others are generated.
+        headers = {k: r.headers.get(k) for k in ("content-type", "access-control-allow-origin", "cache-control")}
+        max_age = 300 if setup == "RS256" else 60
+        if headers != {"content-type": "application/json", "access-control-allow-origin": "*",
+                       "cache-control": f"public, max-age={max_age}"}:
+            found.add(b.where, f"headers {headers}")
     found.check()
 
 
