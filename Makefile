@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 OCI_DIR    := target/oci/mcp-jwt-signer
 FUZZ_SECONDS ?= 15
 
-.PHONY: all build target venv test unit lint e2e run bench oci schemas tools prometheus node-deps oauth-deps \
+.PHONY: all build target venv test unit lint e2e run bench bench-status oci schemas tools prometheus node-deps oauth-deps \
         ts-server go-tools fuzz supply-chain clean
 
 all: build
@@ -61,9 +61,15 @@ fuzz:
 supply-chain:
 	bash scripts/supply-chain.sh
 
-## bench: Envoy alone vs Envoy + filter (warm, cold) at --concurrency 1 and 2, plus the mint cost vs OpenSSL
+## bench: Envoy alone vs Envoy + filter (warm, cold) at --concurrency 1 and 2, plus the mint cost vs OpenSSL;
+## then the numbers README.md and bench/README.md quote are regenerated from the new bench/latest.md
 bench: build venv
 	$(VPY) scripts/bench.py $(BENCH_ARGS)
+	$(PYTHON) scripts/bench_summary.py --write
+
+## bench-status: whether bench/latest.md measured the code in this checkout ("current: ..." or "stale: ...")
+bench-status:
+	@$(PYTHON) scripts/bench_summary.py --status
 
 ## oci: the filter as an OCI image layout (FROM scratch + plugin.wasm, and the Wasm artifact variant), no Docker
 oci: build

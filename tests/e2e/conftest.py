@@ -10,6 +10,7 @@ raw_request(), start_envoy(), start_envoy_expect_failure(), running_gateway().
 Test parts around the gateway, each in its own module: `oauth_server` (fixture, oauth_server.py: a real OAuth 2.1
 authorization server), ts_server.TsServer (examples/ts-server), go_server.GoServer (the parser-differential
 server), plain_envoy.start_envoy_config (an Envoy without the filter). `make node-deps go-tools` installs them.
+doc_snippets reads the project's markdown for test_docs.py (docs/README.md: "How the docs are kept true").
 """
 
 from __future__ import annotations

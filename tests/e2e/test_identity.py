@@ -802,3 +802,28 @@ def test_bad_identity_config_is_refused_at_load(envoy_expect_failure, case):
     log = res.log()
     assert res.exited and res.returncode != 0, f"envoy must refuse the config and exit; log:\n{log[-3000:]}"
     assert f"invalid plugin configuration: field `{field}`" in log, f"log should name `{field}`:\n{log[-3000:]}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 9. what an identity value may be (docs/identity.md): a string, or an integer, which becomes its decimal text
+# ----------------------------------------------------------------------------------------------------------------
+def test_an_integer_identity_claim_becomes_decimal_text(idp_gw, idp):
+    # Not `sub`: jwt_authn itself refuses a token whose `sub` is not a string (401, "Jwt payload [sub] field is not
+    # a string"), so integer ids reach the filter through other claims.
+    _, claims = call_ok(idp_gw, tool_call("get_weather"), token=idp.token("hana", email=12345, org={"team": 7}))
+    assert (claims["sub"], claims["email"], claims["act"]["sub"]) == ("hana", "12345", "7"), claims
+
+
+def test_jwt_authn_refuses_an_integer_sub_before_the_filter(idp_gw, idp):
+    r = post(idp_gw.url, tool_call("get_weather"), token=idp.token(12345))
+    assert r.status_code == 401 and "sub" in r.text, f"{r.status_code} {r.text[:200]!r}"
+    assert_nothing_forwarded(idp_gw.upstream)
+
+
+@pytest.mark.parametrize("value", [1.5, True, ["blue"], {"name": "blue"}], ids=["fraction", "bool", "list", "object"])
+def test_an_identity_claim_that_is_neither_text_nor_an_integer_is_refused(idp_gw, idp, value):
+    r = post(idp_gw.url, tool_call("get_weather", id=51), token=idp.token("gina", org={"team": value}),
+             headers={"x-team-id": "red-team"})
+    message = assert_rpc_error(r, status=400, code=-32600, id=51)
+    assert "jwt:org/team" in message, message
+    assert_nothing_forwarded(idp_gw.upstream)
