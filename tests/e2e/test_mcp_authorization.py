@@ -229,3 +229,18 @@ def test_expired_and_forged_client_tokens_get_invalid_token(world):
     r = requests.post(world["resource"], json=body, timeout=5,
                       headers={"authorization": f"Bearer {tok}", "accept": "application/json, text/event-stream"})
     assert r.status_code != 401, (r.status_code, r.text)
+
+
+def test_the_worked_example_config_validates_with_the_real_envoy(tmp_path):
+    import subprocess
+    import yaml
+    from harness import REPO, WASM, envoy_binary
+    cfg = yaml.safe_load((REPO / "examples/mcp-authorization/envoy.yaml").read_text())
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    (wasm,) = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm"]
+    wasm["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(WASM)
+    path = tmp_path / "example.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "OK" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
