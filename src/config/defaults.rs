@@ -17,6 +17,9 @@ pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 pub const JWT_PAYLOAD_IN_METADATA: &str = "jwt_payload";
 /// `require_subject`.
 pub const REQUIRE_SUBJECT: bool = false;
+/// `allow_body_buffering`: the deployment sets the wasm filter's `allow_on_headers_stop_iteration`, so the filter
+/// can hold a request while it reads the body.
+pub const ALLOW_BODY_BUFFERING: bool = true;
 /// `strip_identity_headers`.
 pub const STRIP_IDENTITY_HEADERS: bool = true;
 /// Token cache: entries per worker VM (0 switches the cache off).

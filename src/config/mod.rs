@@ -72,6 +72,33 @@ pub struct Config {
     pub additional_public_keys: Vec<Jwk>,
     /// The MCP authorization point: protected resource metadata, challenges, step-up.
     pub authorization: Authorization,
+    /// Where the token's scope comes from, unless the route says otherwise.
+    pub scope_source: ScopeSource,
+    /// Whether the filter may hold a request to read its body (the wasm filter's `allow_on_headers_stop_iteration`
+    /// is set). Without it, only header-scoped requests can be signed.
+    pub allow_body_buffering: bool,
+}
+
+/// Where a token's scope comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ScopeSource {
+    /// The JSON-RPC body, buffered and read strictly (default).
+    #[default]
+    Body,
+    /// MCP 2026-07-28's `Mcp-Method` / `Mcp-Name` headers, without reading the body: the MCP server's own
+    /// header-body check (SEP-2243, a MUST of that revision) binds the token to the body.
+    Headers,
+}
+
+impl ScopeSource {
+    /// `"body"` or `"headers"`.
+    pub fn parse(text: &str) -> Option<ScopeSource> {
+        match text {
+            "body" => Some(ScopeSource::Body),
+            "headers" => Some(ScopeSource::Headers),
+            _ => None,
+        }
+    }
 }
 
 impl Config {
@@ -155,6 +182,19 @@ impl Config {
         } else {
             Vec::new()
         };
+        let scope_source = match raw.scope_source.as_deref() {
+            None => ScopeSource::Body,
+            Some(text) => ScopeSource::parse(text)
+                .ok_or_else(|| ConfigError::new("scope_source", "must be \"body\" or \"headers\""))?,
+        };
+        let allow_body_buffering = raw.allow_body_buffering.unwrap_or(defaults::ALLOW_BODY_BUFFERING);
+        if !allow_body_buffering && scope_source == ScopeSource::Body {
+            return Err(ConfigError::new(
+                "allow_body_buffering",
+                "scope_source \"body\" reads the body, which needs buffering (allow_on_headers_stop_iteration); \
+                 set scope_source to \"headers\"",
+            ));
+        }
         Ok(Config {
             issuer,
             audience,
@@ -174,6 +214,8 @@ impl Config {
             algorithm,
             additional_public_keys: keys::additional_public_keys(raw.additional_public_keys)?,
             authorization,
+            scope_source,
+            allow_body_buffering,
         })
     }
 }

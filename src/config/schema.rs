@@ -38,4 +38,6 @@ pub(crate) struct RawConfig {
     pub required_incoming_scopes: Option<BTreeMap<String, Vec<String>>>,
     pub incoming_scopes: Option<Vec<String>>,
     pub scope_hierarchy: Option<BTreeMap<String, Vec<String>>>,
+    pub scope_source: Option<String>,
+    pub allow_body_buffering: Option<bool>,
 }

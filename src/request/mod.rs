@@ -29,7 +29,7 @@ mod tests;
 pub use gate::{issuer_for, on_body, on_headers, BodyPlan, HeadDecision, RequestHead};
 pub use guard::{RouteGuard, GUARD_ROOT_ID};
 pub use route::{RouteKey, RouteSettings, ROUTE_HEADER, ROUTE_METADATA_NAMESPACE, ROUTE_METADATA_PATH};
-pub use routing_headers::check_routing_headers;
+pub use routing_headers::{call_from_headers, check_routing_headers};
 pub use sign::{authorize, token_for, SignRequest, Token};
 
 use std::rc::Rc;
@@ -37,7 +37,11 @@ use std::rc::Rc;
 use serde_json::Value;
 
 use crate::claims::{self, Call};
-use crate::config::Issuer;
+use crate::config::{Issuer, ScopeSource};
+
+/// Why a header-scoped request that the headers cannot scope is refused when the filter may not buffer.
+const HEADERS_REQUIRED: &str = "this gateway scopes tokens from MCP's request headers: send MCP-Protocol-Version \
+    2026-07-28 or later with Mcp-Method (and Mcp-Name for tools/call, prompts/get and resources/read)";
 use crate::host::{CalloutResponse, Effects, HeaderEdit, Headers, Host, HttpFilter, LogLevel, Metric, Next, Step};
 use crate::plugin::Plugin;
 use crate::refusal::Refusal;
@@ -232,14 +236,42 @@ impl Request {
                 edits.push(HeaderEdit::RemoveNamed(name.clone()));
             }
         }
+        // Header-scoped signing: no body is read, and the request goes on at once.
+        let source = match &route {
+            Ok(settings) => settings.scope_source.unwrap_or(config.scope_source),
+            Err(_) => config.scope_source,
+        };
+        let header_call = match (&plan, source) {
+            (BodyPlan::JsonRpc, ScopeSource::Headers) => match call_from_headers(&headers) {
+                Ok(Some(call)) => Some(Call::Messages(call)),
+                Ok(None) if config.allow_body_buffering => None,
+                Ok(None) => return self.refuse(Refusal::HeaderMismatch(HEADERS_REQUIRED), Effects::default()),
+                Err(refusal) => return self.refuse(refusal, Effects::default()),
+            },
+            (BodyPlan::JsonRpc, ScopeSource::Body) if !config.allow_body_buffering => {
+                return self.refuse(
+                    Refusal::BadRouteMetadata("this route scopes from the body, but the filter may not buffer one"),
+                    Effects::default(),
+                )
+            }
+            _ => None,
+        };
         let head = Box::new(Head {
             headers,
             issuer,
             route,
             route_key,
         });
-        if end_of_stream {
-            let mut step = self.sign(&head, &plan, &[], host);
+        let now = match (header_call, end_of_stream) {
+            (Some(call), _) => Some(Ok(call)),
+            (None, true) => Some(on_body(&plan, &[], config.max_body_bytes)),
+            (None, false) => None,
+        };
+        if let Some(call) = now {
+            let mut step = match call {
+                Ok(call) => self.sign(&head, call, host),
+                Err(refusal) => self.refuse(refusal, Effects::default()),
+            };
             edits.append(&mut step.edits);
             step.edits = edits;
             return step;
@@ -254,10 +286,9 @@ impl Request {
     }
 
     /// The body (all of it) has arrived, or there is none: decide, sign, set the token.
-    fn sign(&mut self, head: &Head, plan: &BodyPlan, body: &[u8], host: &dyn Host) -> Step {
-        let plugin = self.plugin.clone();
-        let config = &plugin.config;
-        let call = match on_body(plan, body, config.max_body_bytes) {
+    /// The body has been read: check the routing headers against it, then sign.
+    fn sign_body(&mut self, head: &Head, plan: &BodyPlan, body: &[u8], host: &dyn Host) -> Step {
+        let call = match on_body(plan, body, self.plugin.config.max_body_bytes) {
             Ok(call) => call,
             Err(refusal) => return self.refuse(refusal, Effects::default()),
         };
@@ -267,6 +298,13 @@ impl Request {
         if let Err(refusal) = check_routing_headers(&call, &head.headers) {
             return self.refuse(refusal, Effects::default());
         }
+        self.sign(head, call, host)
+    }
+
+    /// Authorise `call` and set its token.
+    fn sign(&mut self, head: &Head, call: Call, host: &dyn Host) -> Step {
+        let plugin = self.plugin.clone();
+        let config = &plugin.config;
         let route = match &head.route {
             Ok(route) => route,
             Err(refusal) => return self.refuse(refusal.clone(), Effects::default()),
@@ -341,7 +379,7 @@ impl HttpFilter for Request {
                 let Some(body) = host.request_body(body_size) else {
                     return self.refuse(Refusal::Internal("cannot read the request body"), Effects::default());
                 };
-                self.sign(&head, &plan, &body, host)
+                self.sign_body(&head, &plan, &body, host)
             }
             Phase::Done => Step::just(Next::Continue),
             Phase::Start => self.refuse(Refusal::Internal("body outside the body phase"), Effects::default()),

@@ -5,9 +5,13 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use crate::config::ScopeSource;
 use crate::host::{Host, Unavailable};
 use crate::mcp;
 use crate::refusal::Refusal;
+
+/// The keys route metadata may hold.
+pub const ROUTE_KEYS: [&str; 3] = ["audience", "allowed_tools", "scope_source"];
 
 /// Route metadata namespace read by the filter.
 pub const ROUTE_METADATA_NAMESPACE: &str = "mcp_jwt_signer";
@@ -79,6 +83,8 @@ pub struct RouteSettings {
     pub audience: Option<String>,
     /// Tools this route may call; `None`: no restriction.
     pub allowed_tools: Option<BTreeSet<String>>,
+    /// Where this route's tokens are scoped from; `None`: the plugin's `scope_source`.
+    pub scope_source: Option<ScopeSource>,
 }
 
 impl RouteSettings {
@@ -98,12 +104,24 @@ impl RouteSettings {
                 ))
             }
         };
-        if map.keys().any(|k| k != "audience" && k != "allowed_tools") {
+        if map.keys().any(|k| !ROUTE_KEYS.contains(&k.as_str())) {
             return Err(Refusal::BadRouteMetadata(
-                "route metadata `mcp_jwt_signer` has a key other than `audience` and `allowed_tools`",
+                "route metadata `mcp_jwt_signer` has a key other than `audience`, `allowed_tools` and `scope_source`",
             ));
         }
-        Self::from_values(map.get("audience"), map.get("allowed_tools"))
+        let mut settings = Self::from_values(map.get("audience"), map.get("allowed_tools"))?;
+        settings.scope_source = match map.get("scope_source") {
+            None => None,
+            Some(Value::String(text)) => Some(ScopeSource::parse(text).ok_or(Refusal::BadRouteMetadata(
+                "route metadata `scope_source` must be \"body\" or \"headers\"",
+            ))?),
+            Some(_) => {
+                return Err(Refusal::BadRouteMetadata(
+                    "route metadata `scope_source` must be \"body\" or \"headers\"",
+                ))
+            }
+        };
+        Ok(settings)
     }
 
     fn from_values(audience: Option<&Value>, allowed_tools: Option<&Value>) -> Result<RouteSettings, Refusal> {
@@ -137,6 +155,7 @@ impl RouteSettings {
         Ok(RouteSettings {
             audience,
             allowed_tools,
+            scope_source: None,
         })
     }
 }

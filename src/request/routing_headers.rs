@@ -86,6 +86,67 @@ pub fn decode_name(raw: &[u8]) -> Result<String, Refusal> {
     Ok(text.to_string())
 }
 
+/// What a request calls, from its headers alone (`scope_source: "headers"`): `Mcp-Method`, and `Mcp-Name` for
+/// `tools/call`, `prompts/get` and `resources/read`, on a request that declares `MCP-Protocol-Version` 2026-07-28 or
+/// later (the revision in which servers MUST refuse a body that disagrees with these headers). `Ok(None)`: the
+/// headers do not say enough (an earlier or no version, a missing header): the caller reads the body, or refuses
+/// when it may not buffer. Headers that are present but wrong are refused.
+pub fn call_from_headers(headers: &Headers) -> Result<Option<McpCall>, Refusal> {
+    let Some(version) = single(headers, "mcp-protocol-version")?.map(version).transpose()? else {
+        return Ok(None);
+    };
+    if version < REQUIRED_FROM {
+        return Ok(None);
+    }
+    let Some(method) = single(headers, "mcp-method")? else {
+        return Ok(None);
+    };
+    let method = std::str::from_utf8(method)
+        .ok()
+        .filter(|m| crate::mcp::is_valid_method(m))
+        .ok_or(Refusal::HeaderMismatch(
+            "Mcp-Method must be 1-128 characters of A-Z a-z 0-9 _ - . /",
+        ))?;
+    let name = single(headers, "mcp-name")?.map(decode_name).transpose()?;
+    let named = matches!(method, "tools/call" | "prompts/get" | "resources/read");
+    let name = match (named, name) {
+        (true, None) => return Ok(None),
+        (false, Some(_)) => {
+            return Err(Refusal::HeaderMismatch(
+                "Mcp-Name is sent only with tools/call, prompts/get and resources/read",
+            ))
+        }
+        (_, name) => name,
+    };
+    let mut call = McpCall::default();
+    match (method, &name) {
+        ("tools/call" | "prompts/get", Some(n)) if !crate::mcp::is_valid_tool_name(n) => {
+            return Err(Refusal::HeaderMismatch(
+                "Mcp-Name must follow MCP's name rules (1-128 of A-Z a-z 0-9 _ - .)",
+            ))
+        }
+        ("tools/call", Some(n)) => {
+            call.tools.insert(n.clone());
+        }
+        ("prompts/get", Some(n)) => {
+            call.prompts.insert(n.clone());
+        }
+        ("resources/read", Some(n)) if n.is_empty() || n.len() > crate::mcp::MAX_URI_LEN => {
+            return Err(Refusal::HeaderMismatch("Mcp-Name holds no valid resource URI"))
+        }
+        _ => {}
+    }
+    call.methods.insert(method.to_string());
+    call.single = Some(Box::new(crate::mcp::Message {
+        method: Some(method.to_string()),
+        is_request: true,
+        name,
+        protocol_version: Some(version.to_string()),
+        client_info: None,
+    }));
+    Ok(Some(call))
+}
+
 /// Checks MCP's request metadata headers against the body.
 pub fn check_routing_headers(call: &Call, headers: &Headers) -> Result<(), Refusal> {
     let method_header = single(headers, "mcp-method")?;

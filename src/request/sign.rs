@@ -309,6 +309,7 @@ mod tests {
         s.route = RouteSettings {
             audience: Some("https://weather.example.com/mcp".into()),
             allowed_tools: Some(BTreeSet::from(["get_weather".to_string()])),
+            scope_source: None,
         };
         let (none, host) = (Headers::default(), FakeHost::default());
         let c = s.authorize(&tools_call("get_weather"), &none, &host).unwrap().0;

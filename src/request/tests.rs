@@ -869,3 +869,154 @@ fn authorization_config_is_validated_with_the_field_named() {
         assert!(e.contains(&format!("field `{field}")), "{config}: {e}");
     }
 }
+
+fn modern_headers(req: Req, method: &str, name: Option<&str>) -> Req {
+    let req = req
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method);
+    match name {
+        Some(name) => req.header("mcp-name", name),
+        None => req,
+    }
+}
+
+#[test]
+fn header_mode_signs_at_the_headers_without_reading_the_body() {
+    let host = FakeHost::default();
+    let p = plugin(r#"{"scope_source":"headers","max_body_bytes":64}"#, &host);
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"get_weather","arguments":{{"x":"{}"}}}}}}"#,
+        "y".repeat(1000)
+    );
+    let mut filter = Request::new(p.clone());
+    *host.headers.borrow_mut() = Headers(modern_headers(Req::post(&big), "tools/call", Some("get_weather")).headers);
+    let step = filter.on_request_headers(&host, false);
+    // Continued at once: no pause, so no allow_on_headers_stop_iteration needed.
+    assert_eq!(step.next, Next::Continue);
+    let e = exchange(
+        &p,
+        &host,
+        &modern_headers(Req::post(&big), "tools/call", Some("get_weather")),
+    );
+    // The body (over max_body_bytes) streamed through untouched.
+    assert_eq!(e.forwarded.as_ref().unwrap().1, big.as_bytes());
+    assert_eq!(
+        verified_claims(&p, &host, &e, "mcp")["scope"],
+        "mcp:tools/call mcp:tools/get_weather:call"
+    );
+    // Body mode refuses the same body.
+    let body_mode = plugin(r#"{"max_body_bytes":64}"#, &host);
+    let e = exchange(
+        &body_mode,
+        &host,
+        &modern_headers(Req::post(&big), "tools/call", Some("get_weather")),
+    );
+    assert_refused(&e, 413, -32600, "body_too_large");
+}
+
+#[test]
+fn header_mode_trusts_the_server_to_bind_headers_to_the_body() {
+    // The documented trust model: the filter does not read the body; a 2026-07-28 server MUST refuse this.
+    let host = FakeHost::default();
+    let p = plugin(r#"{"scope_source":"headers"}"#, &host);
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_all"}}"#;
+    let e = exchange(
+        &p,
+        &host,
+        &modern_headers(Req::post(body), "tools/call", Some("get_weather")),
+    );
+    assert_eq!(
+        verified_claims(&p, &host, &e, "mcp")["scope"],
+        "mcp:tools/call mcp:tools/get_weather:call"
+    );
+    // The headers still follow MCP's rules: a name that could not be a tool, or a name on a method without one.
+    for (method, name) in [
+        ("tools/call", Some("a b")),
+        ("tools/list", Some("x")),
+        ("tools call", None),
+    ] {
+        let e = exchange(&p, &host, &modern_headers(Req::post(body), method, name));
+        assert_refused(&e, 400, -32020, "header_mismatch");
+    }
+    // The sentinel is decoded.
+    let e = exchange(
+        &p,
+        &host,
+        &modern_headers(Req::post(body), "prompts/get", Some("=?base64?Y29kZV9yZXZpZXc=?=")),
+    );
+    assert_eq!(
+        verified_claims(&p, &host, &e, "mcp")["scope"],
+        "mcp:prompts/code_review:get mcp:prompts/get"
+    );
+}
+
+#[test]
+fn header_mode_falls_back_to_the_body_or_refuses_without_buffering() {
+    let host = FakeHost::default();
+    let legacy = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather"}}"#;
+    // Older protocol: the body is read (buffering allowed, the default).
+    let p = plugin(r#"{"scope_source":"headers"}"#, &host);
+    let e = exchange(
+        &p,
+        &host,
+        &Req::post(legacy).header("mcp-protocol-version", "2025-11-25"),
+    );
+    assert_eq!(
+        verified_claims(&p, &host, &e, "mcp")["scope"],
+        "mcp:tools/call mcp:tools/get_weather:call"
+    );
+    // ... with the body-mode checks (a lying header is still caught).
+    let e = exchange(&p, &host, &Req::post(legacy).header("mcp-name", "delete_all"));
+    assert_refused(&e, 400, -32020, "header_mismatch");
+    // Without buffering (a plain Istio WasmPlugin): what the headers cannot scope is refused, saying what is needed.
+    let p = plugin(r#"{"scope_source":"headers","allow_body_buffering":false}"#, &host);
+    for request in [
+        Req::post(legacy),
+        Req::post(legacy).header("mcp-protocol-version", "2025-11-25"),
+        modern_headers(Req::post(legacy), "tools/call", None),
+    ] {
+        let e = exchange(&p, &host, &request);
+        assert_refused(&e, 400, -32020, "header_mismatch");
+        assert!(e.json()["error"]["message"].as_str().unwrap().contains("Mcp-Method"));
+    }
+    // GET and DELETE carry no body: signed at the headers in either mode.
+    assert!(exchange(&p, &host, &Req::new("GET", "/mcp")).forwarded.is_some());
+    let e = Plugin::load(br#"{"allow_body_buffering":false}"#, None, &host)
+        .err()
+        .unwrap();
+    assert!(e.contains("field `allow_body_buffering`"), "{e}");
+}
+
+#[test]
+fn header_mode_applies_the_allow_list_and_step_up_to_the_header_names() {
+    let host = FakeHost::default()
+        .attribute(
+            "xds/route_metadata/filter_metadata/mcp_jwt_signer",
+            json!({"allowed_tools": ["get_weather"], "scope_source": "headers"}),
+        )
+        .jwt_claim("sub", json!("alice"))
+        .jwt_claim("scope", json!("mcp:tools"));
+    let p = plugin(
+        r#"{"identity":{"subject":["jwt:sub"]},"required_incoming_scopes":{"tools/call:get_weather":["weather:read"]}}"#,
+        &host,
+    );
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#;
+    let e = exchange(
+        &p,
+        &host,
+        &modern_headers(Req::post(body), "tools/call", Some("delete_all")),
+    );
+    assert_refused(&e, 403, -32003, "tool_not_allowed");
+    let e = exchange(
+        &p,
+        &host,
+        &modern_headers(Req::post(body), "tools/call", Some("get_weather")),
+    );
+    assert_refused(&e, 403, -32003, "insufficient_scope");
+    let bad = FakeHost::default().attribute(
+        "xds/route_metadata/filter_metadata/mcp_jwt_signer",
+        json!({"scope_source": "header"}),
+    );
+    let e = exchange(&p, &bad, &Req::post(body));
+    assert_refused(&e, 500, -32603, "bad_route_metadata");
+}

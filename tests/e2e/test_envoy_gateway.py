@@ -348,10 +348,11 @@ def eg_wasm_http_filter(policy: dict, index: int, module_url: str, sha256: str) 
             "typed_config": {"@type": WASM_TYPE, "config": config}}
 
 
-def eg_listener(port: int, module_url: str, sha256: str, upstream_cluster: str) -> dict:
+def eg_listener(port: int, module_url: str, sha256: str, upstream_cluster: str, eep: dict | None = None) -> dict:
     """The xDS Listener Envoy Gateway builds for deploy/envoy-gateway (proto names, as its JSON patches see it).
     Route config inline instead of over RDS; address 127.0.0.1:<free port> instead of 0.0.0.0:10080."""
-    gw, route, eep, ctp = find("Gateway"), find("HTTPRoute"), find("EnvoyExtensionPolicy"), find("ClientTrafficPolicy")
+    gw, route, ctp = find("Gateway"), find("HTTPRoute"), find("ClientTrafficPolicy")
+    eep = eep or find("EnvoyExtensionPolicy")
     (listener,) = gw["spec"]["listeners"]
     name = eg_listener_name(gw, listener)
     host = listener["hostname"]
@@ -448,8 +449,10 @@ def signing_key_pem() -> str:
                              serialization.NoEncryption()).decode()
 
 
-def start_eg_envoy(workdir: Path, upstream: RecordingUpstream, module: ModuleServer, patched: bool, key: str):
-    eep, epp = find("EnvoyExtensionPolicy"), find("EnvoyPatchPolicy")
+def start_eg_envoy(workdir: Path, upstream: RecordingUpstream, module: ModuleServer, patched: bool, key: str,
+                   eep: dict | None = None):
+    eep = eep or find("EnvoyExtensionPolicy")
+    epp = find("EnvoyPatchPolicy")
     plugin = eep["spec"]["wasm"][0]["config"]
     host = find("Gateway")["spec"]["listeners"][0]["hostname"]
     upstream_cluster = "httproute/mcp-gateway/mcp/rule/0"
@@ -458,7 +461,7 @@ def start_eg_envoy(workdir: Path, upstream: RecordingUpstream, module: ModuleSer
     def edit(cfg):
         (base,) = cfg["static_resources"]["listeners"]
         listener = eg_listener(base["address"]["socket_address"]["port_value"], module.url, module.sha256,
-                               upstream_cluster)
+                               upstream_cluster, eep)
         generated = {(LISTENER_TYPE, listener["name"]): listener}
         (wasm_filter,) = [f for f in listener["default_filter_chain"]["filters"][0]["typed_config"]["http_filters"]
                           if f["name"].startswith("envoy.filters.http.wasm/")]
@@ -550,3 +553,40 @@ def test_readme_says_what_breaks_and_what_to_enable():
                    "not verified", "bufferLimit"):
         assert phrase.lower() in lowered, phrase
     assert shutil.which("node"), "node is needed for the schema checks"
+
+
+HEADER_MODE = DEPLOY / "header-mode" / "extension-policy.yaml"
+
+
+def test_header_mode_extension_policy_matches_the_schemas(tmp_path):
+    (doc,) = list(yaml.safe_load_all(HEADER_MODE.read_text()))
+    assert schema_errors([doc], tmp_path) == [[]]
+    assert doc["spec"]["wasm"][0]["config"]["scope_source"] == "headers"
+
+
+def test_header_mode_works_as_envoy_gateway_generates_it_without_a_patch(module_server, tmp_path):
+    """The header-mode EnvoyExtensionPolicy, translated as Envoy Gateway does (no allow_on_headers_stop_iteration,
+    no EnvoyPatchPolicy): a 2026-07-28 request is signed from its headers; one its headers cannot scope is refused
+    400 -32020, not left hanging."""
+    (eep,) = list(yaml.safe_load_all(HEADER_MODE.read_text()))
+    host = find("Gateway")["spec"]["listeners"][0]["hostname"]
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+    body = json.dumps(rpc("tools/call", {"name": "get_weather", "arguments": {"city": "Oslo"}, "_meta": meta},
+                          id=3)).encode()
+    modern = {**MCP_HEADERS, "host": host, "x-user-id": "alice", "mcp-protocol-version": "2026-07-28",
+              "mcp-method": "tools/call", "mcp-name": "get_weather"}
+    with RecordingUpstream() as upstream:
+        envoy, _ = start_eg_envoy(tmp_path / "hm", upstream, module_server, patched=False, key=signing_key_pem(),
+                                  eep=eep)
+        try:
+            r = requests.post(envoy.url + "/mcp", data=body, headers=modern, timeout=10)
+            assert r.status_code == 200, r.text
+            (seen,) = upstream.wait_for(1)
+            claims = jwt.decode(seen.bearer_token(), options={"verify_signature": False})
+            assert claims["sub"] == "alice"
+            assert set(claims["scope"].split()) == {"mcp:tools/call", "mcp:tools/get_weather:call"}
+            legacy = {k: v for k, v in modern.items() if not k.startswith("mcp-")}
+            r = requests.post(envoy.url + "/mcp", data=body, headers=legacy, timeout=10)
+            assert r.status_code == 400 and r.json()["error"]["code"] == -32020, r.text
+        finally:
+            envoy.stop()

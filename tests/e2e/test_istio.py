@@ -1182,3 +1182,41 @@ def test_wasmplugin_translation_hangs_and_the_flag_fixes_it(oci_layout, tmp_path
             assert claims["scope"] == "mcp:tools/list"
         finally:
             envoy.stop()
+
+
+def test_header_mode_wasmplugin_works_as_istiod_translates_it(oci_layout, tmp_path):
+    """deploy/istio/header-mode/: the plain WasmPlugin, translated as istiod does (no allow_on_headers_stop_iteration),
+    signs a 2026-07-28 request from its Mcp-Method/Mcp-Name headers and refuses (400 -32020, never a hang) one its
+    headers cannot scope."""
+    wp = find("WasmPlugin", "mcp-jwt-signer-header-mode")
+    plugin = wp.doc["spec"]["pluginConfig"]
+    module = module_from_image(oci_layout, wp.doc["spec"]["url"], tmp_path / "wasm-cache")
+    generated = istiod_wasm_filter_from_wasmplugin(wp, module)
+    assert "allow_on_headers_stop_iteration" not in generated["config"]
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+    body = json.dumps(rpc("tools/list", {"_meta": meta}, id=1)).encode()
+
+    def edit(cfg):
+        for listener in cfg["static_resources"]["listeners"]:
+            for chain in listener["filter_chains"]:
+                for f in chain["filters"]:
+                    for hf in f.get("typed_config", {}).get("http_filters", []):
+                        if hf.get("typed_config", {}).get("@type") == WASM_TYPE:
+                            hf["name"] = generated["config"]["name"]
+                            hf["typed_config"] = generated
+
+    with RecordingUpstream() as upstream:
+        envoy = start_envoy(tmp_path / "wasmplugin-hm", json.dumps(plugin), upstream.port,
+                            env={KEY_ENV: signing_key_pem()}, extra_edit=edit)
+        try:
+            headers = {**MCP_HEADERS, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/list"}
+            r = requests.post(envoy.url + "/mcp", data=body, headers=headers, timeout=10)
+            assert r.status_code == 200, r.text
+            (seen,) = upstream.wait_for(1)
+            claims = verify_gateway_token(seen.bearer_token(), gateway_jwks(envoy.url),
+                                          {"issuer": plugin["issuer"], "audience": plugin["audience"]})
+            assert claims["scope"] == "mcp:tools/list"
+            r = requests.post(envoy.url + "/mcp", data=body, headers=MCP_HEADERS, timeout=10)
+            assert r.status_code == 400 and r.json()["error"]["code"] == -32020, r.text
+        finally:
+            envoy.stop()
