@@ -21,6 +21,8 @@ pub const MAX_ENTRY_SHARE: usize = 16;
 
 struct Entry {
     token: String,
+    /// The token's `jti` (for the audit fields of a request that reuses it).
+    jti: String,
     exp: u64,
     /// Position in the recency order.
     tick: u64,
@@ -36,18 +38,29 @@ pub struct TokenCache {
     bytes: usize,
 }
 
+/// A cached token and what the audit fields say about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cached {
+    /// The compact JWS.
+    pub jwt: String,
+    /// Its `jti`.
+    pub jti: String,
+    /// Its `exp`.
+    pub exp: u64,
+}
+
 /// What a lookup found, for metrics.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup {
     /// A token with enough life left.
-    Hit(String),
+    Hit(Cached),
     /// None (or a stale one, now dropped).
     Miss,
 }
 
 /// The bytes an entry is counted as.
-pub fn entry_size(key: &str, token: &str) -> usize {
-    key.len() + token.len() + ENTRY_OVERHEAD_BYTES
+pub fn entry_size(key: &str, token: &str, jti: &str) -> usize {
+    key.len() + token.len() + jti.len() + ENTRY_OVERHEAD_BYTES
 }
 
 impl TokenCache {
@@ -104,16 +117,20 @@ impl TokenCache {
             return Lookup::Miss;
         };
         entry.tick = tick;
-        Lookup::Hit(entry.token.clone())
+        Lookup::Hit(Cached {
+            jwt: entry.token.clone(),
+            jti: entry.jti.clone(),
+            exp: entry.exp,
+        })
     }
 
     /// Stores `token` under `key` until `exp`, evicting the least recently used entries to make room. An entry
     /// larger than `max_bytes / MAX_ENTRY_SHARE` is not stored.
-    pub fn insert(&mut self, key: String, token: String, exp: u64) {
+    pub fn insert(&mut self, key: String, token: String, jti: String, exp: u64) {
         if !self.enabled() {
             return;
         }
-        let size = entry_size(&key, &token);
+        let size = entry_size(&key, &token, &jti);
         if size > self.config.max_bytes / MAX_ENTRY_SHARE {
             return;
         }
@@ -132,6 +149,7 @@ impl TokenCache {
             key,
             Entry {
                 token,
+                jti,
                 exp,
                 tick: self.tick,
             },
@@ -141,7 +159,7 @@ impl TokenCache {
     fn remove(&mut self, key: &str) {
         if let Some((key, entry)) = self.entries.remove_entry(key) {
             self.recency.remove(&entry.tick);
-            self.bytes -= entry_size(&key, &entry.token);
+            self.bytes -= entry_size(&key, &entry.token, &entry.jti);
         }
     }
 }
@@ -149,6 +167,14 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hit(jwt: &str, exp: u64) -> Lookup {
+        Lookup::Hit(Cached {
+            jwt: jwt.into(),
+            jti: String::new(),
+            exp,
+        })
+    }
 
     fn cache(max_entries: usize, max_bytes: usize, min_remaining_seconds: u64) -> TokenCache {
         TokenCache::new(TokenCacheConfig {
@@ -161,9 +187,9 @@ mod tests {
     #[test]
     fn reuse_until_too_little_life_remains() {
         let mut c = cache(10, 100_000, 150);
-        c.insert("k".into(), "t".into(), 1300);
-        assert_eq!(c.get("k", 1000), Lookup::Hit("t".into()));
-        assert_eq!(c.get("k", 1150), Lookup::Hit("t".into()));
+        c.insert("k".into(), "t".into(), String::new(), 1300);
+        assert_eq!(c.get("k", 1000), hit("t", 1300));
+        assert_eq!(c.get("k", 1150), hit("t", 1300));
         assert_eq!(c.get("k", 1151), Lookup::Miss);
         assert!(c.is_empty(), "a stale entry is dropped");
     }
@@ -171,7 +197,7 @@ mod tests {
     #[test]
     fn different_keys_never_share() {
         let mut c = cache(10, 100_000, 0);
-        c.insert("alice|tool-a".into(), "ta".into(), 100);
+        c.insert("alice|tool-a".into(), "ta".into(), String::new(), 100);
         assert_eq!(c.get("alice|tool-b", 0), Lookup::Miss);
         assert_eq!(c.get("bob|tool-a", 0), Lookup::Miss);
     }
@@ -179,14 +205,14 @@ mod tests {
     #[test]
     fn evicts_least_recently_used_by_count() {
         let mut c = cache(2, 100_000, 0);
-        c.insert("a".into(), "1".into(), 100);
-        c.insert("b".into(), "2".into(), 100);
-        assert_eq!(c.get("a", 0), Lookup::Hit("1".into())); // b is now the oldest
-        c.insert("c".into(), "3".into(), 100);
+        c.insert("a".into(), "1".into(), String::new(), 100);
+        c.insert("b".into(), "2".into(), String::new(), 100);
+        assert_eq!(c.get("a", 0), hit("1", 100)); // b is now the oldest
+        c.insert("c".into(), "3".into(), String::new(), 100);
         assert_eq!(c.len(), 2);
         assert_eq!(c.get("b", 0), Lookup::Miss);
-        assert_eq!(c.get("a", 0), Lookup::Hit("1".into()));
-        assert_eq!(c.get("c", 0), Lookup::Hit("3".into()));
+        assert_eq!(c.get("a", 0), hit("1", 100));
+        assert_eq!(c.get("c", 0), hit("3", 100));
     }
 
     /// An entry of exactly `size` counted bytes.
@@ -200,15 +226,15 @@ mod tests {
         let mut c = cache(100, 1600, 0);
         for i in 0..16 {
             let key = format!("k{i:02}");
-            c.insert(key.clone(), token_of(&key, 100), 100);
+            c.insert(key.clone(), token_of(&key, 100), String::new(), 100);
         }
         assert_eq!((c.len(), c.bytes()), (16, 1600));
-        c.insert("new".into(), token_of("new", 100), 100); // evicts k00, the least recently used
+        c.insert("new".into(), token_of("new", 100), String::new(), 100); // evicts k00, the least recently used
         assert_eq!(c.bytes(), 1600);
         assert_eq!(c.get("k00", 0), Lookup::Miss);
         assert!(matches!(c.get("k01", 0), Lookup::Hit(_)));
         // One entry over the share is used once, not stored, and evicts nobody.
-        c.insert("big".into(), token_of("big", 101), 100);
+        c.insert("big".into(), token_of("big", 101), String::new(), 100);
         assert_eq!(c.get("big", 0), Lookup::Miss);
         assert_eq!(c.len(), 16);
     }
@@ -217,11 +243,11 @@ mod tests {
     fn a_flood_of_large_claim_sets_cannot_flush_the_cache() {
         let mut c = cache(1024, 4 << 20, 0);
         for user in 0..100 {
-            c.insert(format!("user-{user}"), "t".repeat(900), 100);
+            c.insert(format!("user-{user}"), "t".repeat(900), String::new(), 100);
         }
         // Requests whose tokens are each as large as the whole cache: none is stored, nobody is evicted.
         for i in 0..4 {
-            c.insert(format!("flood-{i}"), "x".repeat(1 << 20), 100);
+            c.insert(format!("flood-{i}"), "x".repeat(1 << 20), String::new(), 100);
         }
         assert_eq!(c.len(), 100);
         assert!((0..100).all(|u| matches!(c.get(&format!("user-{u}"), 0), Lookup::Hit(_))));
@@ -230,12 +256,12 @@ mod tests {
     #[test]
     fn accounting_counts_what_is_stored_and_returns_to_zero() {
         let mut c = cache(10, 100_000, 0);
-        c.insert("a".into(), "1".into(), 100);
-        c.insert("a".into(), "22".into(), 100);
+        c.insert("a".into(), "1".into(), String::new(), 100);
+        c.insert("a".into(), "22".into(), String::new(), 100);
         assert_eq!(c.len(), 1);
         assert_eq!(c.bytes(), 1 + 2 + ENTRY_OVERHEAD_BYTES);
-        c.insert("b".into(), "333".into(), 100);
-        assert_eq!(c.bytes(), entry_size("a", "22") + entry_size("b", "333"));
+        c.insert("b".into(), "333".into(), String::new(), 100);
+        assert_eq!(c.bytes(), entry_size("a", "22", "") + entry_size("b", "333", ""));
         assert_eq!(c.get("a", 200), Lookup::Miss); // expired: dropped
         assert_eq!(c.get("b", 200), Lookup::Miss);
         assert_eq!((c.len(), c.bytes()), (0, 0));
@@ -244,7 +270,7 @@ mod tests {
     #[test]
     fn disabled_cache_stores_nothing() {
         let mut c = cache(0, 100, 0);
-        c.insert("a".into(), "1".into(), 100);
+        c.insert("a".into(), "1".into(), String::new(), 100);
         assert_eq!(c.get("a", 0), Lookup::Miss);
     }
 }

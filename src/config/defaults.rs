@@ -20,6 +20,8 @@ pub const REQUIRE_SUBJECT: bool = false;
 /// `allow_body_buffering`: the deployment sets the wasm filter's `allow_on_headers_stop_iteration`, so the filter
 /// can hold a request while it reads the body.
 pub const ALLOW_BODY_BUFFERING: bool = true;
+/// `audit_fields`: write the audit fields (decision, user, tool, token id, ...) for Envoy's access log.
+pub const AUDIT_FIELDS: bool = true;
 /// `strip_identity_headers`.
 pub const STRIP_IDENTITY_HEADERS: bool = true;
 /// Token cache: entries per worker VM (0 switches the cache off).

@@ -77,7 +77,15 @@ pub struct Config {
     /// Whether the filter may hold a request to read its body (the wasm filter's `allow_on_headers_stop_iteration`
     /// is set). Without it, only header-scoped requests can be signed.
     pub allow_body_buffering: bool,
+    /// The audit fields written for the access log (empty: none).
+    pub audit_fields: Vec<&'static str>,
 }
+
+/// Every audit field, in the order the filter writes them (`Effects::audit`).
+pub const AUDIT_FIELDS: [&str; 13] = [
+    "decision", "reason", "endpoint", "sub", "act_sub", "methods", "tool", "prompt", "jti", "kid", "aud", "exp",
+    "cache",
+];
 
 /// Where a token's scope comes from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -195,6 +203,20 @@ impl Config {
                  set scope_source to \"headers\"",
             ));
         }
+        let mut audit_fields: Vec<&'static str> = if raw.audit_fields.unwrap_or(defaults::AUDIT_FIELDS) {
+            AUDIT_FIELDS.to_vec()
+        } else {
+            Vec::new()
+        };
+        for (i, name) in raw.audit_omit.unwrap_or_default().iter().enumerate() {
+            if !AUDIT_FIELDS.contains(&name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("audit_omit[{i}]"),
+                    format!("`{}` is not an audit field ({})", shown(name), AUDIT_FIELDS.join(", ")),
+                ));
+            }
+            audit_fields.retain(|f| f != name);
+        }
         Ok(Config {
             issuer,
             audience,
@@ -216,6 +238,7 @@ impl Config {
             authorization,
             scope_source,
             allow_body_buffering,
+            audit_fields,
         })
     }
 }

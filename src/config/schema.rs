@@ -40,4 +40,6 @@ pub(crate) struct RawConfig {
     pub scope_hierarchy: Option<BTreeMap<String, Vec<String>>>,
     pub scope_source: Option<String>,
     pub allow_body_buffering: Option<bool>,
+    pub audit_fields: Option<bool>,
+    pub audit_omit: Option<Vec<String>>,
 }

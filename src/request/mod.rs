@@ -34,7 +34,7 @@ pub use sign::{authorize, token_for, SignRequest, Token};
 
 use std::rc::Rc;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::claims::{self, Call};
 use crate::config::{Issuer, ScopeSource};
@@ -48,6 +48,51 @@ use crate::refusal::Refusal;
 use crate::well_known::Endpoint;
 
 use self::respond::Challenge;
+
+/// The configured subset of `fields` (`audit_fields`, `audit_omit`), for the access log.
+fn audit(config: &crate::config::Config, fields: Vec<(&'static str, Value)>) -> Vec<(&'static str, Value)> {
+    if config.audit_fields.is_empty() {
+        return Vec::new();
+    }
+    fields
+        .into_iter()
+        .filter(|(name, _)| config.audit_fields.contains(name))
+        .collect()
+}
+
+/// The audit fields of a signed request: who, what, and which token (never the token itself).
+fn signed_fields(call: &Call, token: &Token, kid: &str) -> Vec<(&'static str, Value)> {
+    let claims = &token.claims.0;
+    let mut fields = vec![("decision", json!("signed"))];
+    if let Some(sub) = claims.get("sub") {
+        fields.push(("sub", sub.clone()));
+    }
+    if let Some(actor) = claims.get("act").and_then(|a| a.get("sub")) {
+        fields.push(("act_sub", actor.clone()));
+    }
+    let none = std::collections::BTreeSet::new();
+    let (methods, tools, prompts): (Vec<&str>, _, _) = match call {
+        Call::Messages(m) => (m.methods.iter().map(String::as_str).collect(), &m.tools, &m.prompts),
+        Call::Stream => (vec!["GET"], &none, &none),
+        Call::SessionDelete => (vec!["DELETE"], &none, &none),
+    };
+    fields.push(("methods", json!(methods)));
+    for (field, names) in [("tool", tools), ("prompt", prompts)] {
+        match names.len() {
+            0 => {}
+            1 => fields.push((field, json!(names.iter().next()))),
+            _ => fields.push((field, json!(names))),
+        }
+    }
+    fields.push(("jti", json!(token.jti)));
+    fields.push(("kid", json!(kid)));
+    if let Some(aud) = claims.get("aud") {
+        fields.push(("aud", aud.clone()));
+    }
+    fields.push(("exp", json!(token.exp)));
+    fields.push(("cache", json!(token.from_cache)));
+    fields
+}
 
 /// The challenge context of a request to `path`: its protected resource's metadata URL, and its
 /// `scopes_supported` as the scope until the request's own needs are known.
@@ -139,6 +184,10 @@ impl Request {
             .logs
             .push((LogLevel::Info, refusal.log_line(self.request_id.as_ref())));
         effects.metrics.push(Metric::Refused(refusal.reason()));
+        effects.audit = audit(
+            &self.plugin.config,
+            vec![("decision", json!("refused")), ("reason", json!(refusal.reason()))],
+        );
         Step {
             edits: Vec::new(),
             effects,
@@ -157,6 +206,10 @@ impl Request {
                 edits: Vec::new(),
                 effects: Effects {
                     metrics: vec![Metric::ProtectedResourceServed],
+                    audit: audit(
+                        &plugin.config,
+                        vec![("decision", json!("served")), ("endpoint", json!("protected_resource"))],
+                    ),
                     ..Effects::default()
                 },
                 next: Next::Respond(respond::resource_metadata(resource)),
@@ -168,14 +221,18 @@ impl Request {
         self.phase = Phase::Done;
         let keys = plugin.published_keys(&signer);
         let response = respond::well_known(endpoint, issuer, &keys, plugin.keys.is_ephemeral());
-        let metric = match endpoint {
-            Endpoint::Discovery => Metric::DiscoveryServed,
-            Endpoint::Jwks | Endpoint::ProtectedResource(_) => Metric::JwksServed,
+        let (metric, name) = match endpoint {
+            Endpoint::Discovery => (Metric::DiscoveryServed, "discovery"),
+            Endpoint::Jwks | Endpoint::ProtectedResource(_) => (Metric::JwksServed, "jwks"),
         };
         Step {
             edits: Vec::new(),
             effects: Effects {
                 metrics: vec![metric],
+                audit: audit(
+                    &plugin.config,
+                    vec![("decision", json!("served")), ("endpoint", json!(name))],
+                ),
                 ..Effects::default()
             },
             next: Next::Respond(response),
@@ -333,7 +390,10 @@ impl Request {
             Ok(token) => token,
             Err(refusal) => return self.refuse(refusal, Effects::default()),
         };
-        let mut effects = Effects::default();
+        let mut effects = Effects {
+            audit: audit(config, signed_fields(&call, &token, signer.kid())),
+            ..Effects::default()
+        };
         if token.from_cache {
             effects.metrics.push(Metric::TokenCacheHits);
         } else {

@@ -144,6 +144,12 @@ pub struct Token {
     pub jwt: String,
     /// Reused from the cache rather than signed now.
     pub from_cache: bool,
+    /// Its `jti`.
+    pub jti: String,
+    /// Its `exp`.
+    pub exp: u64,
+    /// The claims that do not depend on time (`sub`, `act`, `aud`, ...), for the audit fields.
+    pub claims: TimelessClaims,
 }
 
 /// A token for the request: from the cache when one with the same claims has enough life left, else signed now.
@@ -162,12 +168,18 @@ pub fn token_for(
         None
     };
     if let Some(key) = &key {
-        if let Lookup::Hit(jwt) = cache.get(key, now) {
-            return Ok(Token { jwt, from_cache: true });
+        if let Lookup::Hit(hit) = cache.get(key, now) {
+            return Ok(Token {
+                jwt: hit.jwt,
+                from_cache: true,
+                jti: hit.jti,
+                exp: hit.exp,
+                claims: timeless,
+            });
         }
     }
     let jti = new_jti().ok_or(Refusal::Internal("random source unavailable"))?;
-    let claims = timeless.stamp(now, req.config.ttl_seconds, jti, &req.config.claims);
+    let claims = timeless.stamp(now, req.config.ttl_seconds, jti.clone(), &req.config.claims);
     let exp = claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(now);
     let jwt = match jws::encode_within(&claims, signer, req.config.max_token_bytes) {
         Ok(jwt) => jwt,
@@ -180,9 +192,15 @@ pub fn token_for(
         Err(_) => return Err(Refusal::Internal("signing failed")),
     };
     if let Some(key) = key {
-        cache.insert(key, jwt.clone(), exp);
+        cache.insert(key, jwt.clone(), jti.clone(), exp);
     }
-    Ok(Token { jwt, from_cache: false })
+    Ok(Token {
+        jwt,
+        from_cache: false,
+        jti,
+        exp,
+        claims: timeless,
+    })
 }
 
 #[cfg(test)]

@@ -1020,3 +1020,90 @@ fn header_mode_applies_the_allow_list_and_step_up_to_the_header_names() {
     let e = exchange(&p, &bad, &Req::post(body));
     assert_refused(&e, 500, -32603, "bad_route_metadata");
 }
+
+fn audit_of(e: &Exchange) -> HashMap<&'static str, Value> {
+    e.effects.audit.iter().cloned().collect()
+}
+
+#[test]
+fn the_audit_fields_name_who_called_which_tool_with_which_token() {
+    let host = FakeHost::default();
+    let p = plugin(r#"{"identity":{"subject":["header:x-user-id"]}}"#, &host);
+    let alice = || Req::post(TOOLS_CALL).header("x-user-id", "alice");
+    let first = exchange(&p, &host, &alice());
+    let claims = verified_claims(&p, &host, &first, "mcp");
+    let a = audit_of(&first);
+    assert_eq!(a["decision"], "signed");
+    assert_eq!(a["sub"], "alice");
+    assert_eq!(a["act_sub"], "mcp-gateway");
+    assert_eq!(a["methods"], json!(["tools/call"]));
+    assert_eq!(a["tool"], "get_weather");
+    assert_eq!(a["jti"], claims["jti"]);
+    assert_eq!(a["aud"], claims["aud"]);
+    assert_eq!(a["exp"], claims["exp"]);
+    assert_eq!(a["cache"], false);
+    assert!(!a.contains_key("reason"));
+    let token = first.forwarded_header("authorization").unwrap().to_string();
+    let token = token.strip_prefix("Bearer ").unwrap();
+    assert!(
+        first
+            .effects
+            .audit
+            .iter()
+            .all(|(_, v)| !v.to_string().contains(token.split('.').nth(2).unwrap())),
+        "the token never reaches the audit fields"
+    );
+    // A reused token is the same token: same jti and exp, cache true.
+    let again = audit_of(&exchange(&p, &host, &alice()));
+    assert_eq!(
+        (&again["jti"], &again["exp"], &again["cache"]),
+        (&a["jti"], &a["exp"], &json!(true))
+    );
+    // A refusal names its reason and nobody's identity.
+    let refused = audit_of(&exchange(&p, &host, &Req::post("{").header("x-user-id", "alice")));
+    assert_eq!(
+        refused,
+        HashMap::from([("decision", json!("refused")), ("reason", json!("parse_error"))])
+    );
+    // A document served.
+    let served = audit_of(&exchange(
+        &p,
+        &host,
+        &Req::new("GET", "/.well-known/openid-configuration"),
+    ));
+    assert_eq!(
+        served,
+        HashMap::from([("decision", json!("served")), ("endpoint", json!("discovery"))])
+    );
+}
+
+#[test]
+fn audit_omit_and_audit_fields_false_keep_fields_out() {
+    let host = FakeHost::default();
+    let p = plugin(
+        r#"{"identity":{"subject":["header:x-user-id"]},"audit_omit":["sub","act_sub"]}"#,
+        &host,
+    );
+    let a = audit_of(&exchange(
+        &p,
+        &host,
+        &Req::post(TOOLS_CALL).header("x-user-id", "alice"),
+    ));
+    assert!(!a.contains_key("sub") && !a.contains_key("act_sub"), "{a:?}");
+    assert_eq!(a["tool"], "get_weather");
+    assert!(!a.contains_key("prompt"));
+    let prompt = r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"summarise"}}"#;
+    let a = audit_of(&exchange(&p, &host, &Req::post(prompt)));
+    assert_eq!((&a["prompt"], a.get("tool")), (&json!("summarise"), None));
+    let off = plugin(r#"{"audit_fields":false}"#, &host);
+    assert!(exchange(&off, &host, &Req::post(TOOLS_CALL)).effects.audit.is_empty());
+    assert!(exchange(&off, &host, &Req::post("{")).effects.audit.is_empty());
+    let err = Plugin::load(br#"{"audit_omit":["token"]}"#, None, &host)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("audit_omit[0]") && err.contains("not an audit field"),
+        "{err}"
+    );
+}
