@@ -104,11 +104,29 @@ pub struct Loaded {
     pub logs: Vec<(LogLevel, String)>,
 }
 
+/// Refuses to start where body buffering cannot work: on Envoy 1.34 or older the wasm filter has no
+/// `allow_on_headers_stop_iteration`, an xDS update carrying it loses the field with only a warning, and every
+/// buffered request would then hang until `stream_idle_timeout`. Whether the flag is *set* cannot be read by a
+/// wasm filter on any Envoy (docs/envoy-versions.md); an unknown version is not refused.
+fn check_envoy_version(config: &Config, host: &dyn Host) -> Result<(), String> {
+    let minimum = crate::config::defaults::MIN_ENVOY_MINOR_FOR_BUFFERING;
+    match host.envoy_version() {
+        Some((1, minor)) if minor < minimum && config.allow_body_buffering => Err(format!(
+            "invalid plugin configuration: Envoy 1.{minor} has no wasm `allow_on_headers_stop_iteration` (added \
+             in Envoy 1.{minimum}), so the request bodies this filter reads would never reach it and every such \
+             request would hang; run Envoy 1.{minimum} or later (1.36 to 1.40 are tested), or set \
+             `scope_source` to \"headers\" and `allow_body_buffering` to false"
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Plugin {
     /// Parses the configuration and obtains the key. `env_key` is the value of [`SIGNING_KEY_ENV`]. Errors name
     /// the field and never contain key material; an error means the plugin must not start (fail closed).
     pub fn load(bytes: &[u8], env_key: Option<&str>, host: &dyn Host) -> Result<Loaded, String> {
         let config = Config::parse(bytes).map_err(|e| e.to_string())?;
+        check_envoy_version(&config, host)?;
         let source = config.key_source(env_key).map_err(|e| e.to_string())?;
         let mut logs = Vec::new();
         let keys = match source {
@@ -158,6 +176,9 @@ impl Plugin {
                 store
             }
         };
+        if let Some((major, minor)) = host.envoy_version() {
+            logs.push((LogLevel::Debug, format!("running on Envoy {major}.{minor}")));
+        }
         let cache = RefCell::new(TokenCache::new(config.token_cache));
         Ok(Loaded {
             plugin: Plugin { config, keys, cache },
@@ -261,5 +282,24 @@ mod tests {
         assert!(e.contains("RSA private key"), "{e}");
         let e = Plugin::load(b"{}", Some("not a pem"), &host).err().unwrap();
         assert!(e.contains(SIGNING_KEY_ENV), "{e}");
+    }
+
+    #[test]
+    fn an_envoy_without_the_buffering_flag_is_refused_unless_nothing_is_buffered() {
+        let on = |version| FakeHost {
+            envoy_version: version,
+            ..FakeHost::default()
+        };
+        let e = Plugin::load(b"{}", None, &on(Some((1, 34)))).err().unwrap();
+        assert!(
+            e.contains("allow_on_headers_stop_iteration") && e.contains("Envoy 1.34"),
+            "{e}"
+        );
+        assert!(e.contains("Envoy 1.35 or later"), "{e}");
+        let header_mode = br#"{"scope_source":"headers","allow_body_buffering":false}"#;
+        assert!(Plugin::load(header_mode, None, &on(Some((1, 34)))).is_ok());
+        for fine in [Some((1, 35)), Some((1, 40)), Some((2, 0)), None] {
+            assert!(Plugin::load(b"{}", None, &on(fine)).is_ok(), "{fine:?}");
+        }
     }
 }

@@ -50,3 +50,6 @@ pub const MAX_CLAIM_NAME_BYTES: usize = 256;
 pub const MAX_SCOPE_TOKEN_BYTES: usize = 256;
 /// Deepest `scope_hierarchy` chain (a broader scope implying one that implies another ...).
 pub const MAX_SCOPE_HIERARCHY_DEPTH: usize = 8;
+/// The first Envoy minor (of 1.x) with the wasm filter's `allow_on_headers_stop_iteration`, which body buffering
+/// needs (docs/envoy-versions.md).
+pub const MIN_ENVOY_MINOR_FOR_BUFFERING: u64 = 35;

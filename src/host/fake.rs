@@ -46,6 +46,8 @@ pub struct FakeHost {
     pub attribute_reads: Cell<usize>,
     /// The other end of the filter's callouts; without one, every callout fails.
     pub responder: Option<Responder>,
+    /// The Envoy version the host reports (1.40 by default).
+    pub envoy_version: Option<(u64, u64)>,
 }
 
 impl Default for FakeHost {
@@ -60,6 +62,7 @@ impl Default for FakeHost {
             shared: SharedData::default(),
             attribute_reads: Cell::new(0),
             responder: None,
+            envoy_version: Some((1, 40)),
         }
     }
 }
@@ -130,6 +133,10 @@ impl Host for FakeHost {
 
     fn now_micros(&self) -> Option<u64> {
         Some(self.now_micros.get())
+    }
+
+    fn envoy_version(&self) -> Option<(u64, u64)> {
+        self.envoy_version
     }
 
     fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {

@@ -89,6 +89,10 @@ pub trait Host {
     /// Stores a shared value; with `cas`, only if the stored value still carries that CAS token. Shared data has
     /// no atomic create-if-absent: a `None` CAS overwrites.
     fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedDataError>;
+    /// The proxy's Envoy version as (major, minor), when the host can tell (`None`: unknown, nothing is checked).
+    fn envoy_version(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// A change to the request headers.
@@ -116,6 +120,8 @@ pub struct LocalResponse {
 /// Log levels the filter uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogLevel {
+    /// Start-up facts for troubleshooting (the Envoy version read).
+    Debug,
     /// Operational events (refusals, key source).
     Info,
     /// Something an operator should fix.

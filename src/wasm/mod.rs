@@ -76,6 +76,16 @@ impl Host for WasmHost {
         }
     }
 
+    fn envoy_version(&self) -> Option<(u64, u64)> {
+        // Envoy's node build version: each number is 8 bytes, a little-endian u64 (docs/envoy-versions.md).
+        let number = |name: &str| {
+            let path = vec!["xds", "node", "user_agent_build_version", "version", name];
+            let bytes: [u8; 8] = hostcalls::get_property(path).ok()??.try_into().ok()?;
+            Some(u64::from_le_bytes(bytes))
+        };
+        Some((number("major_number")?, number("minor_number")?))
+    }
+
     fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedDataError> {
         hostcalls::set_shared_data(key, Some(value), cas).map_err(|status| match status {
             Status::CasMismatch => SharedDataError::CasMismatch,
@@ -117,6 +127,7 @@ impl Metrics {
 
 fn log(level: LogLevel, line: &str) {
     match level {
+        LogLevel::Debug => log::debug!("{line}"),
         LogLevel::Info => log::info!("{line}"),
         LogLevel::Warn => log::warn!("{line}"),
         LogLevel::Error => log::error!("{line}"),

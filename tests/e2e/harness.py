@@ -265,7 +265,9 @@ def _spawn(workdir: Path, plugin_config, upstream_port: int, concurrency: int, e
     cmd = [
         envoy_binary(), "-c", str(config_path),
         "--concurrency", str(concurrency),
-        "--log-level", "warn", "--component-log-level", "wasm:info",
+        "--log-level", "warn",
+        # The test's own component levels replace the default (Envoy refuses the flag twice).
+        *(() if "--component-log-level" in extra_args else ("--component-log-level", "wasm:info")),
         # A unique base id per Envoy, so several can run at once; hot restart off, because Envoy leaves its
         # /dev/shm/envoy_shared_memory_<id> file behind even after a clean SIGTERM.
         "--use-dynamic-base-id", "--disable-hot-restart",
