@@ -181,6 +181,8 @@ mod tests {
             max_entries,
             max_bytes,
             min_remaining_seconds,
+            shared_max_entries: 0,
+            shared_entry_bytes: 0,
         })
     }
 

@@ -5,7 +5,8 @@
 //! - [`request`]: one request's state machine (gate, routing headers, route settings, authorise and sign,
 //!   responses), answering each proxy callback with a [`host::Step`];
 //! - [`mcp`]: strict JSON-RPC / MCP parsing; [`identity`]: who is calling; [`claims`]: the claim set and its
-//!   least-privilege scope; [`cache`]: the bounded token cache; [`refusal`]: why a request is refused;
+//!   least-privilege scope; [`cache`]: the bounded token cache of a worker, [`shared_cache`]: the one its
+//!   workers share; [`refusal`]: why a request is refused;
 //!   [`well_known`]: discovery and JWKS documents;
 //! - [`plugin`]: configuration, key and cache of one plugin instance; [`config`]: the plugin JSON;
 //!   [`crypto`]: keys, signatures and JWS (a leaf);
@@ -30,6 +31,7 @@ pub mod mcp;
 pub mod plugin;
 pub mod refusal;
 pub mod request;
+pub mod shared_cache;
 pub mod well_known;
 
 #[cfg(target_arch = "wasm32")]

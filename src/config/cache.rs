@@ -1,4 +1,4 @@
-//! `token_cache`: the per-worker token cache's bounds.
+//! `token_cache`: the bounds of the per-worker token cache and of the one the workers share.
 
 use serde::Deserialize;
 
@@ -12,9 +12,11 @@ pub(crate) struct RawTokenCache {
     max_entries: Option<u64>,
     max_bytes: Option<u64>,
     min_remaining_seconds: Option<u64>,
+    shared_max_entries: Option<u64>,
+    shared_max_bytes: Option<u64>,
 }
 
-/// Per-worker token cache settings.
+/// Token cache settings: the worker's own cache and the one shared by every worker of the Envoy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TokenCacheConfig {
     /// 0: no cache (a fresh token and `jti` per request).
@@ -23,6 +25,11 @@ pub struct TokenCacheConfig {
     pub max_bytes: usize,
     /// A cached token is used only while at least this many seconds of its lifetime remain.
     pub min_remaining_seconds: u64,
+    /// Slots of the shared cache (0: not shared; each worker mints for itself).
+    pub shared_max_entries: usize,
+    /// The largest value one shared slot holds (`shared_max_bytes / shared_max_entries`): what the shared cache
+    /// can hold in all is at most `shared_max_entries` times this.
+    pub shared_entry_bytes: usize,
 }
 
 impl TokenCacheConfig {
@@ -50,10 +57,45 @@ impl TokenCacheConfig {
                 "must be less than ttl_seconds (or switch the cache off with max_entries: 0)",
             ));
         }
+        let shared_max_entries = raw
+            .shared_max_entries
+            .unwrap_or(defaults::SHARED_CACHE_MAX_ENTRIES as u64);
+        if shared_max_entries > defaults::CACHE_MAX_ENTRIES_LIMIT as u64 {
+            return Err(ConfigError::new(
+                "token_cache.shared_max_entries",
+                format!("at most {}", defaults::CACHE_MAX_ENTRIES_LIMIT),
+            ));
+        }
+        let shared_max_bytes = raw.shared_max_bytes.unwrap_or(defaults::SHARED_CACHE_MAX_BYTES as u64);
+        if shared_max_bytes > defaults::CACHE_MAX_BYTES_LIMIT as u64 {
+            return Err(ConfigError::new(
+                "token_cache.shared_max_bytes",
+                format!("at most {} bytes (1 GiB)", defaults::CACHE_MAX_BYTES_LIMIT),
+            ));
+        }
+        // With the worker cache off nothing is reused, so nothing is shared either.
+        let shared_max_entries = if max_entries == 0 {
+            0
+        } else {
+            shared_max_entries as usize
+        };
+        let shared_entry_bytes = (shared_max_bytes as usize).checked_div(shared_max_entries).unwrap_or(0);
+        if shared_max_entries > 0 && shared_entry_bytes < defaults::SHARED_CACHE_MIN_ENTRY_BYTES {
+            return Err(ConfigError::new(
+                "token_cache.shared_max_bytes",
+                format!(
+                    "gives each of the {shared_max_entries} shared entries {shared_entry_bytes} bytes, fewer than \
+                     the {} a token needs: raise it, or lower token_cache.shared_max_entries",
+                    defaults::SHARED_CACHE_MIN_ENTRY_BYTES
+                ),
+            ));
+        }
         Ok(TokenCacheConfig {
             max_entries: max_entries as usize,
             max_bytes: max_bytes as usize,
             min_remaining_seconds,
+            shared_max_entries,
+            shared_entry_bytes,
         })
     }
 }

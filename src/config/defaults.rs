@@ -50,6 +50,12 @@ pub const MAX_CLAIM_NAME_BYTES: usize = 256;
 pub const MAX_SCOPE_TOKEN_BYTES: usize = 256;
 /// Deepest `scope_hierarchy` chain (a broader scope implying one that implies another ...).
 pub const MAX_SCOPE_HIERARCHY_DEPTH: usize = 8;
+/// Slots of the token cache shared by the workers.
+pub const SHARED_CACHE_MAX_ENTRIES: usize = 4096;
+/// Bytes the shared token cache may hold in all (16 MiB: 4 KiB per slot by default).
+pub const SHARED_CACHE_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// The least a shared slot must hold: the slot header and a small token.
+pub const SHARED_CACHE_MIN_ENTRY_BYTES: usize = 1024;
 /// The first Envoy minor (of 1.x) with the wasm filter's `allow_on_headers_stop_iteration`, which body buffering
 /// needs (docs/envoy-versions.md).
 pub const MIN_ENVOY_MINOR_FOR_BUFFERING: u64 = 35;

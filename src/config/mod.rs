@@ -26,6 +26,7 @@ pub use keys::{KeySource, SecretPem, SIGNING_KEY_ENV};
 pub use sources::{IdentitySources, MtlsField, Source, JWT_AUTHN_NAMESPACE};
 
 use crate::crypto::{Algorithm, Jwk};
+use sha2::Digest as _;
 
 use self::authorization::RawAuthorization;
 use self::claims::RawShaping;
@@ -79,6 +80,9 @@ pub struct Config {
     pub allow_body_buffering: bool,
     /// The audit fields written for the access log (empty: none).
     pub audit_fields: Vec<&'static str>,
+    /// SHA-256 of the configuration as written: the shared token cache keeps the tokens of different
+    /// configurations apart.
+    pub fingerprint: [u8; 32],
 }
 
 /// Every audit field, in the order the filter writes them (`Effects::audit`).
@@ -124,7 +128,9 @@ impl Config {
                 .map_err(|e| ConfigError::new("(root)", redact_serde_error(&e)))?;
             raw
         };
-        Self::validate(raw)
+        let mut config = Self::validate(raw)?;
+        config.fingerprint = sha2::Sha256::digest(bytes).into();
+        Ok(config)
     }
 
     /// Where the signing key comes from, given the value of [`SIGNING_KEY_ENV`].
@@ -239,6 +245,7 @@ impl Config {
             scope_source,
             allow_body_buffering,
             audit_fields,
+            fingerprint: [0; 32],
         })
     }
 }

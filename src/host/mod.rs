@@ -138,8 +138,10 @@ pub const METRIC_PREFIX: &str = "mcp_jwt_signer";
 pub enum Metric {
     /// Counter `tokens_minted`: a token was signed.
     TokensMinted,
-    /// Counter `token_cache_hits`: a cached token was reused.
+    /// Counter `token_cache_hits`: a cached token was reused (from the worker's cache or the shared one).
     TokenCacheHits,
+    /// Counter `token_cache_shared_hits`: of those, reused from the cache the workers share.
+    TokenCacheSharedHits,
     /// Counter `discovery_served`.
     DiscoveryServed,
     /// Counter `jwks_served`.
@@ -171,6 +173,7 @@ impl Metric {
         Cow::Borrowed(match self {
             Metric::TokensMinted => "mcp_jwt_signer.tokens_minted",
             Metric::TokenCacheHits => "mcp_jwt_signer.token_cache_hits",
+            Metric::TokenCacheSharedHits => "mcp_jwt_signer.token_cache_shared_hits",
             Metric::DiscoveryServed => "mcp_jwt_signer.discovery_served",
             Metric::JwksServed => "mcp_jwt_signer.jwks_served",
             Metric::ProtectedResourceServed => "mcp_jwt_signer.protected_resource_served",

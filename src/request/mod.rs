@@ -396,6 +396,9 @@ impl Request {
         };
         if token.from_cache {
             effects.metrics.push(Metric::TokenCacheHits);
+            if token.shared {
+                effects.metrics.push(Metric::TokenCacheSharedHits);
+            }
         } else {
             effects.metrics.push(Metric::TokensMinted);
             if let Some(done_us) = host.now_micros() {

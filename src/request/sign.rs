@@ -3,13 +3,14 @@
 
 use std::collections::BTreeSet;
 
-use crate::cache::{Lookup, TokenCache};
+use crate::cache::{Cached, Lookup, TokenCache};
 use crate::claims::{self, Call, ClaimInputs, TimelessClaims};
 use crate::config::{Config, Issuer, Source};
 use crate::crypto::{jws, Signer};
 use crate::host::{Headers, Host};
 use crate::identity::Resolver;
 use crate::refusal::Refusal;
+use crate::shared_cache::{self, Found, SharedKey};
 
 use super::route::RouteSettings;
 
@@ -142,14 +143,29 @@ fn step_up(config: &Config, call: &Call, resolver: &Resolver<'_>, has_subject: b
 pub struct Token {
     /// The compact JWS.
     pub jwt: String,
-    /// Reused from the cache rather than signed now.
+    /// Reused from a cache (the worker's or the shared one) rather than signed now.
     pub from_cache: bool,
+    /// Reused from the cache the workers share (minted by another worker, or before this worker's cache had it).
+    pub shared: bool,
     /// Its `jti`.
     pub jti: String,
     /// Its `exp`.
     pub exp: u64,
     /// The claims that do not depend on time (`sub`, `act`, `aud`, ...), for the audit fields.
     pub claims: TimelessClaims,
+}
+
+impl Token {
+    fn cached(hit: Cached, shared: bool, claims: TimelessClaims) -> Token {
+        Token {
+            jwt: hit.jwt,
+            from_cache: true,
+            shared,
+            jti: hit.jti,
+            exp: hit.exp,
+            claims,
+        }
+    }
 }
 
 /// A token for the request: from the cache when one with the same claims has enough life left, else signed now.
@@ -169,14 +185,18 @@ pub fn token_for(
     };
     if let Some(key) = &key {
         if let Lookup::Hit(hit) = cache.get(key, now) {
-            return Ok(Token {
-                jwt: hit.jwt,
-                from_cache: true,
-                jti: hit.jti,
-                exp: hit.exp,
-                claims: timeless,
-            });
+            return Ok(Token::cached(hit, false, timeless));
         }
+    }
+    // Then the cache every worker shares: a claim set is minted once per Envoy.
+    let shared = key.as_ref().map(|key| SharedKey::new(&req.config.fingerprint, key));
+    let found = match &shared {
+        Some(shared) => shared_cache::lookup(req.host, &req.config.token_cache, shared, now),
+        None => Found::Off,
+    };
+    if let (Found::Hit(hit), Some(key)) = (&found, &key) {
+        cache.insert(key.clone(), hit.jwt.clone(), hit.jti.clone(), hit.exp);
+        return Ok(Token::cached(hit.clone(), true, timeless));
     }
     let jti = new_jti().ok_or(Refusal::Internal("random source unavailable"))?;
     let claims = timeless.stamp(now, req.config.ttl_seconds, jti.clone(), &req.config.claims);
@@ -194,9 +214,18 @@ pub fn token_for(
     if let Some(key) = key {
         cache.insert(key, jwt.clone(), jti.clone(), exp);
     }
+    if let Some(shared) = &shared {
+        let minted = Cached {
+            jwt: jwt.clone(),
+            jti: jti.clone(),
+            exp,
+        };
+        shared_cache::publish(req.host, &req.config.token_cache, shared, &found, &minted);
+    }
     Ok(Token {
         jwt,
         from_cache: false,
+        shared: false,
         jti,
         exp,
         claims: timeless,
@@ -375,7 +404,9 @@ mod tests {
             TokenCacheConfig {
                 max_entries: 0,
                 max_bytes: 4 << 20,
-                min_remaining_seconds: 150
+                min_remaining_seconds: 150,
+                shared_max_entries: 0,
+                shared_entry_bytes: 0,
             }
         );
     }

@@ -1107,3 +1107,71 @@ fn audit_omit_and_audit_fields_false_keep_fields_out() {
         "{err}"
     );
 }
+
+#[test]
+fn a_claim_set_is_minted_once_per_envoy_not_once_per_worker() {
+    let config = r#"{"identity":{"subject":["header:x-user-id"]}}"#;
+    let a = FakeHost::default();
+    let b = FakeHost::with_shared(a.shared.clone());
+    let (pa, pb) = (plugin(config, &a), plugin(config, &b));
+    let alice = || Req::post(TOOLS_CALL).header("x-user-id", "alice");
+    let minted = exchange(&pa, &a, &alice());
+    assert_eq!(minted.effects.metrics[0], Metric::TokensMinted);
+    // Worker B has never seen alice: it takes worker A's token from the shared cache, and keeps it.
+    let reused = exchange(&pb, &b, &alice());
+    assert_eq!(
+        reused.effects.metrics,
+        vec![Metric::TokenCacheHits, Metric::TokenCacheSharedHits]
+    );
+    assert_eq!(
+        reused.forwarded_header("authorization"),
+        minted.forwarded_header("authorization")
+    );
+    assert_eq!(audit_of(&reused)["jti"], audit_of(&minted)["jti"]);
+    let again = exchange(&pb, &b, &alice());
+    assert_eq!(again.effects.metrics, vec![Metric::TokenCacheHits]);
+    // Another user, another tool, another configuration: each its own token.
+    let bob = exchange(&pb, &b, &Req::post(TOOLS_CALL).header("x-user-id", "bob"));
+    assert_eq!(bob.effects.metrics[0], Metric::TokensMinted);
+    assert_eq!(verified_claims(&pb, &b, &bob, "mcp")["sub"], "bob");
+    let other_tool = TOOLS_CALL.replace("get_weather", "get_time");
+    let other = exchange(&pb, &b, &Req::post(&other_tool).header("x-user-id", "alice"));
+    assert_eq!(other.effects.metrics[0], Metric::TokensMinted);
+    let c = FakeHost::with_shared(a.shared.clone());
+    let pc = plugin(r#"{"identity":{"subject":["header:x-user-id"]},"ttl_seconds":600}"#, &c);
+    let longer = exchange(&pc, &c, &alice());
+    assert_eq!(
+        longer.effects.metrics[0],
+        Metric::TokensMinted,
+        "another configuration never reuses it"
+    );
+    // The shared cache can be switched off: each worker mints for itself.
+    let off = r#"{"identity":{"subject":["header:x-user-id"]},"token_cache":{"shared_max_entries":0}}"#;
+    let d = FakeHost::with_shared(a.shared.clone());
+    let e = FakeHost::with_shared(a.shared.clone());
+    let (pd, pe) = (plugin(off, &d), plugin(off, &e));
+    assert_eq!(exchange(&pd, &d, &alice()).effects.metrics[0], Metric::TokensMinted);
+    assert_eq!(exchange(&pe, &e, &alice()).effects.metrics[0], Metric::TokensMinted);
+}
+
+#[test]
+fn shared_cache_bounds_are_validated_naming_the_field() {
+    let host = FakeHost::default();
+    for (config, field) in [
+        (
+            r#"{"token_cache":{"shared_max_entries":2000000}}"#,
+            "token_cache.shared_max_entries",
+        ),
+        (
+            r#"{"token_cache":{"shared_max_bytes":2000000000}}"#,
+            "token_cache.shared_max_bytes",
+        ),
+        (
+            r#"{"token_cache":{"shared_max_entries":4096,"shared_max_bytes":4096}}"#,
+            "token_cache.shared_max_bytes",
+        ),
+    ] {
+        let err = Plugin::load(config.as_bytes(), None, &host).err().unwrap();
+        assert!(err.contains(field), "{config}: {err}");
+    }
+}

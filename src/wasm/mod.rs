@@ -72,6 +72,8 @@ impl Host for WasmHost {
     fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         match hostcalls::get_shared_data(key) {
             Ok((Some(bytes), Some(cas))) => Some((bytes, cas)),
+            // Envoy answers an empty value without data.
+            Ok((None, Some(cas))) => Some((Vec::new(), cas)),
             _ => None,
         }
     }
@@ -192,6 +194,7 @@ impl RootContext for PluginRoot {
                 for metric in [
                     Metric::TokensMinted,
                     Metric::TokenCacheHits,
+                    Metric::TokenCacheSharedHits,
                     Metric::DiscoveryServed,
                     Metric::JwksServed,
                     Metric::ProtectedResourceServed,

@@ -38,12 +38,13 @@ def stats(g) -> dict:
 
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory):
-    """ttl 4 s, reuse while >= 2 s remain, at most 2 entries; one worker so that one cache sees every request."""
+    """ttl 4 s, reuse while >= 2 s remain, at most 2 entries; one worker so that one cache sees every request, and
+    the worker's cache alone (the cache the workers share is tested below: it would bring back what LRU evicts)."""
     config = lambda url: {  # noqa: E731
         "issuer": url,
         "ttl_seconds": 4,
         "identity": IDENTITY,
-        "token_cache": {"max_entries": 2, "min_remaining_seconds": 2},
+        "token_cache": {"max_entries": 2, "min_remaining_seconds": 2, "shared_max_entries": 0},
     }
     with running_gateway(tmp_path_factory.mktemp("cached"), config, concurrency=1) as g:
         yield g
@@ -88,6 +89,51 @@ def test_least_recently_used_is_evicted(cached):
     call(cached, headers={"x-user-id": "lru-c"})  # evicts b (capacity 2)
     assert call(cached, headers={"x-user-id": "lru-a"})[0] == a
     assert call(cached, headers={"x-user-id": "lru-b"})[0] != b
+
+
+def fresh_connection_call(g, user):
+    """One request on its own connection (Envoy hands each new connection to one of its workers)."""
+    with requests.Session() as s:
+        r = s.post(g.url + "/mcp", json=rpc("tools/call", {"name": "get_weather"}), headers={"x-user-id": user},
+                   timeout=10)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def test_workers_share_one_token_per_claim_set(tmp_path_factory):
+    """Two workers, three users, twenty requests each on new connections: every claim set is minted once for the
+    whole Envoy (the slots are many, so no two users share one), and the other worker reuses the token."""
+    config = lambda url: {"issuer": url, "identity": IDENTITY,  # noqa: E731
+                          "token_cache": {"shared_max_entries": 1_000_000, "shared_max_bytes": 1 << 30}}
+    with running_gateway(tmp_path_factory.mktemp("shared"), config, concurrency=2) as g:
+        before = stats(g)
+        users = ["shared-a", "shared-b", "shared-c"]
+        for _ in range(20):
+            for user in users:
+                fresh_connection_call(g, user)
+        by_user = {}
+        for req in g.upstream.requests:
+            token = req.header("authorization").removeprefix("Bearer ")
+            by_user.setdefault(verify_with_discovery(token, g.url, "mcp")["sub"], set()).add(token)
+        assert {u: len(t) for u, t in by_user.items()} == {u: 1 for u in users}, "one token per user, on both workers"
+        after = stats(g)
+        assert after["tokens_minted"] - before.get("tokens_minted", 0) == 3
+        assert after["token_cache_hits"] - before.get("token_cache_hits", 0) == 57
+        # The second worker took each user's token from the shared cache (the chance that one worker got all
+        # twenty connections of a user is 2 * 2^-20).
+        assert after["token_cache_shared_hits"] - before.get("token_cache_shared_hits", 0) == 3
+
+
+def test_without_the_shared_cache_each_worker_mints_for_itself(tmp_path_factory):
+    config = lambda url: {"issuer": url, "identity": IDENTITY,  # noqa: E731
+                          "token_cache": {"shared_max_entries": 0}}
+    with running_gateway(tmp_path_factory.mktemp("unshared"), config, concurrency=2) as g:
+        before = stats(g)
+        for _ in range(20):
+            fresh_connection_call(g, "unshared")
+        after = stats(g)
+        assert after["tokens_minted"] - before.get("tokens_minted", 0) == 2, "one per worker"
+        assert after.get("token_cache_shared_hits", 0) == 0
 
 
 def test_cache_off_gives_every_request_its_own_jti(tmp_path_factory):

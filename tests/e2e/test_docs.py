@@ -648,7 +648,10 @@ def test_the_filter_column_of_the_parser_table_is_what_the_gateway_does(gateways
 DEFAULT_CONSTANTS = {"audience": "AUDIENCE", "ttl_seconds": "TTL_SECONDS", "actor": "ACTOR",
                      "max_body_bytes": "MAX_BODY_BYTES", "jwt_payload_in_metadata": "JWT_PAYLOAD_IN_METADATA",
                      "require_subject": "REQUIRE_SUBJECT", "strip_identity_headers": "STRIP_IDENTITY_HEADERS",
-                     "token_cache.max_entries": "CACHE_MAX_ENTRIES", "token_cache.max_bytes": "CACHE_MAX_BYTES"}
+                     "token_cache.max_entries": "CACHE_MAX_ENTRIES", "token_cache.max_bytes": "CACHE_MAX_BYTES",
+                     "token_cache.shared_max_entries": "SHARED_CACHE_MAX_ENTRIES",
+                     "token_cache.shared_max_bytes": "SHARED_CACHE_MAX_BYTES", "max_token_bytes": "MAX_TOKEN_BYTES",
+                     "allow_body_buffering": "ALLOW_BODY_BUFFERING", "audit_fields": "AUDIT_FIELDS"}
 
 
 def _shown(value) -> str:
