@@ -4,7 +4,8 @@
 //! Everything but the adapters is pure Rust, tested natively with `cargo test`. The data flow, top to bottom:
 //! - [`request`]: one request's state machine (gate, routing headers, route settings, authorise and sign,
 //!   responses), answering each proxy callback with a [`host::Step`];
-//! - [`mcp`]: strict JSON-RPC / MCP parsing; [`identity`]: who is calling; [`claims`]: the claim set and its
+//! - [`mcp`]: strict JSON-RPC / MCP parsing; [`identity`]: who is calling; [`delegation`]: RFC 8693 `act` chains
+//!   and `may_act`; [`claims`]: the claim set and its
 //!   least-privilege scope; [`cache`]: the bounded token cache; [`refusal`]: why a request is refused;
 //!   [`well_known`]: discovery and JWKS documents;
 //! - [`plugin`]: configuration, key and cache of one plugin instance; [`config`]: the plugin JSON;
@@ -23,6 +24,7 @@ pub mod cache;
 pub mod claims;
 pub mod config;
 pub mod crypto;
+pub mod delegation;
 pub mod envoy_value;
 pub mod host;
 pub mod identity;

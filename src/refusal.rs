@@ -38,6 +38,16 @@ pub enum Refusal {
     HeaderMismatch(&'static str),
     /// `require_subject` is on and no identity source named a user.
     Unauthenticated,
+    /// The incoming token failed verification (introspection's `active: false`, expired, another audience).
+    InvalidToken {
+        /// A fixed, safe description (never the token, never the verifier's raw message).
+        description: &'static str,
+    },
+    /// The token introspection endpoint gave no usable answer (timeout, reset, an error status, an unreadable
+    /// body): fail closed. The log line before the refusal names the cause.
+    IntrospectionUnavailable,
+    /// The incoming token's delegation chain refuses this gateway (`may_act`), or is too deep or malformed.
+    Delegation(&'static str),
     /// A claim listed in `required_claims` is missing from the verified identity.
     MissingClaim(String),
     /// The matched route's `allowed_tools` does not list this tool.
@@ -66,7 +76,9 @@ impl Refusal {
         match self {
             Refusal::Body(_) | Refusal::UnexpectedBody | Refusal::UnexpectedTrailers => 400,
             Refusal::Identity(_) | Refusal::BadAuthority | Refusal::HeaderMismatch(_) => 400,
-            Refusal::Unauthenticated => 401,
+            Refusal::Unauthenticated | Refusal::InvalidToken { .. } => 401,
+            Refusal::Delegation(_) => 403,
+            Refusal::IntrospectionUnavailable => 503,
             Refusal::MissingClaim(_) | Refusal::ToolNotAllowed(_) => 403,
             Refusal::BadRouteMetadata(_) | Refusal::RouteChanged => 500,
             Refusal::TokenTooLarge { .. } => 400,
@@ -83,7 +95,9 @@ impl Refusal {
         match self {
             Refusal::Body(McpError::Parse(_)) => -32700,
             Refusal::Body(McpError::InvalidParams { .. }) => -32602,
-            Refusal::Unauthenticated => -32001,
+            Refusal::Unauthenticated | Refusal::InvalidToken { .. } => -32001,
+            Refusal::Delegation(_) => -32003,
+            Refusal::IntrospectionUnavailable => -32603,
             // MCP's own code for a routing header that does not match the body.
             Refusal::HeaderMismatch(_) => -32020,
             Refusal::MissingClaim(_) | Refusal::ToolNotAllowed(_) => -32003,
@@ -109,6 +123,9 @@ impl Refusal {
             Refusal::BadAuthority => "invalid_authority",
             Refusal::HeaderMismatch(_) => "header_mismatch",
             Refusal::Unauthenticated => "unauthenticated",
+            Refusal::InvalidToken { .. } => "invalid_token",
+            Refusal::IntrospectionUnavailable => "introspection_unavailable",
+            Refusal::Delegation(_) => "delegation_refused",
             Refusal::MissingClaim(_) => "missing_required_claim",
             Refusal::ToolNotAllowed(_) => "tool_not_allowed",
             Refusal::BadRouteMetadata(_) => "bad_route_metadata",
@@ -146,6 +163,11 @@ impl Refusal {
             Refusal::BadAuthority => "the request's :authority is not a valid host".into(),
             Refusal::HeaderMismatch(what) => format!("header mismatch: {what}"),
             Refusal::Unauthenticated => "authentication required: no user identity for this request".into(),
+            Refusal::InvalidToken { description } => format!("invalid token: {description}"),
+            Refusal::IntrospectionUnavailable => {
+                "the access token could not be validated right now (authorization server unavailable); retry".into()
+            }
+            Refusal::Delegation(what) => format!("forbidden: {what}"),
             Refusal::MissingClaim(claim) => {
                 format!("forbidden: required claim `{claim}` is missing")
             }
@@ -189,6 +211,11 @@ impl Refusal {
             Refusal::MethodNotAllowed { allow } => vec![("allow", allow.to_string())],
             Refusal::KeyUnavailable => vec![("retry-after", "1".to_string())],
             Refusal::Unauthenticated => vec![("www-authenticate", "Bearer".to_string())],
+            // RFC 6750 section 3.1; the description is fixed text, safe in a quoted string.
+            Refusal::InvalidToken { description } => vec![(
+                "www-authenticate",
+                format!("Bearer error=\"invalid_token\", error_description=\"{description}\""),
+            )],
             _ => Vec::new(),
         }
     }

@@ -4,30 +4,40 @@
 //! operator reading Envoy's log knows what to fix; no error repeats key material. Layout:
 //! - `schema`: the fields as written; [`defaults`]: every default and limit;
 //! - one file per field group: [`issuer`], [`sources`] (identity sources), [`claims`] (claim shaping),
-//!   [`cache`] (token cache), [`keys`] (signing key and published keys);
+//!   [`cache`] (token cache), [`keys`] (signing key and published keys), [`upstream`] (token header, client
+//!   authorization, channel token, debug header), [`scopes`] (`fixed_scopes`), [`introspection`] (RFC 7662),
+//!   [`delegation`] (RFC 8693 `act` / `may_act`);
 //! - [`error`]: the error and its redaction, a leaf.
 
 pub mod cache;
 pub mod claims;
 pub mod defaults;
+pub mod delegation;
 pub mod error;
+pub mod introspection;
 pub mod issuer;
 pub mod keys;
 mod schema;
+pub mod scopes;
 pub mod sources;
+pub mod upstream;
 
 pub use cache::TokenCacheConfig;
 pub use claims::{ClaimShaping, ESSENTIAL_CLAIMS, FILTER_CLAIMS};
+pub use delegation::Delegation;
 pub use error::{shown, ConfigError};
+pub use introspection::{Introspection, IntrospectionCache, Secret};
 pub use issuer::Issuer;
 pub use keys::{KeySource, SecretPem, SIGNING_KEY_ENV};
 pub use sources::{IdentitySources, MtlsField, Source, JWT_AUTHN_NAMESPACE};
+pub use upstream::{ChannelToken, ClientAuthorization, Upstream};
 
 use crate::crypto::{Algorithm, Jwk};
 
 use self::claims::RawShaping;
 use self::error::{field_path, redact_serde_error};
 use self::schema::RawConfig;
+use self::upstream::RawUpstream;
 
 /// A validated configuration.
 #[derive(Clone, Debug)]
@@ -67,6 +77,14 @@ pub struct Config {
     pub algorithm: Algorithm,
     /// Public keys published in the JWKS beside the signing key (key rotation: the previous or next key).
     pub additional_public_keys: Vec<Jwk>,
+    /// Where the token goes, what becomes of the client's `Authorization`, the channel token, the debug header.
+    pub upstream: Upstream,
+    /// A fixed `scope` instead of the computed least-privilege one (route metadata can set its own).
+    pub fixed_scopes: Option<Vec<String>>,
+    /// RFC 7662 introspection of the client's bearer token.
+    pub introspection: Option<Introspection>,
+    /// RFC 8693 delegation chains (`act` nesting, `may_act`).
+    pub delegation: Delegation,
 }
 
 impl Config {
@@ -121,10 +139,28 @@ impl Config {
             .iter()
             .enumerate()
             .map(|(i, claim)| {
-                Source::parse(&format!("jwt:{claim}")).map_err(|r| ConfigError::new(format!("required_claims[{i}]"), r))
+                // A jwt_authn claim path, or `introspection:<path>`.
+                let text = match claim.starts_with("introspection:") {
+                    true => claim.clone(),
+                    false => format!("jwt:{claim}"),
+                };
+                Source::parse(&text).map_err(|r| ConfigError::new(format!("required_claims[{i}]"), r))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let token_cache = TokenCacheConfig::from_raw(raw.token_cache.unwrap_or_default(), ttl_seconds)?;
+        let upstream = Upstream::from_raw(
+            RawUpstream {
+                token_header: raw.token_header,
+                client_authorization: raw.client_authorization,
+                channel_token: raw.channel_token,
+                debug_header: raw.debug_header,
+            },
+            &audience,
+            ttl_seconds,
+        )?;
+        let introspection = raw.introspection.map(Introspection::from_raw).transpose()?;
+        check_parity_sources(&identity, &claims, &required_claims, &upstream, introspection.is_some())?;
+        let token_cache =
+            TokenCacheConfig::from_raw(raw.token_cache.unwrap_or_default(), upstream.shortest_ttl(ttl_seconds))?;
         let algorithm = match raw.algorithm {
             None => Algorithm::default(),
             Some(name) => Algorithm::parse(&name)
@@ -161,8 +197,44 @@ impl Config {
             token_cache,
             algorithm,
             additional_public_keys: keys::additional_public_keys(raw.additional_public_keys)?,
+            upstream,
+            fixed_scopes: scopes::fixed_scopes(raw.fixed_scopes)?,
+            introspection,
+            delegation: Delegation::from_raw(raw.delegation),
         })
     }
+}
+
+/// `introspection:` sources need `introspection`; the headers the filter writes (token, channel token, debug)
+/// cannot be identity sources.
+fn check_parity_sources(
+    identity: &IdentitySources,
+    claims: &ClaimShaping,
+    required: &[Source],
+    upstream: &Upstream,
+    introspection: bool,
+) -> Result<(), ConfigError> {
+    let named = identity
+        .all()
+        .map(|s| ("identity", s))
+        .chain(claims.copy.iter().map(|(_, s)| ("copy_claims", s)))
+        .chain(required.iter().map(|s| ("required_claims", s)));
+    for (field, source) in named {
+        if let (Source::Introspection(_), false) = (source, introspection) {
+            return Err(introspection::unconfigured(field, &source.describe()));
+        }
+        if let Source::Header(name) = source {
+            if upstream.written_headers().any(|written| written == name) {
+                return Err(ConfigError::new(
+                    field,
+                    format!(
+                        "`header:{name}` is a header the filter writes (token_header, channel_token, debug_header)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn ttl_seconds(raw: Option<i64>) -> Result<u64, ConfigError> {

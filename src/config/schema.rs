@@ -7,7 +7,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::cache::RawTokenCache;
+use super::delegation::RawDelegation;
+use super::introspection::RawIntrospection;
 use super::sources::IdentityConfig;
+use super::upstream::RawChannelToken;
 
 /// The configuration as written by the operator.
 #[derive(Debug, Default, Deserialize)]
@@ -32,4 +35,11 @@ pub(crate) struct RawConfig {
     pub token_cache: Option<RawTokenCache>,
     pub algorithm: Option<String>,
     pub additional_public_keys: Option<Vec<String>>,
+    pub token_header: Option<String>,
+    pub client_authorization: Option<String>,
+    pub channel_token: Option<RawChannelToken>,
+    pub debug_header: Option<Value>,
+    pub fixed_scopes: Option<Vec<String>>,
+    pub introspection: Option<RawIntrospection>,
+    pub delegation: Option<RawDelegation>,
 }

@@ -7,7 +7,9 @@
 //!   `~0` for a `~` inside a claim name;
 //! - `mtls:uri_san` | `mtls:dns_san` | `mtls:subject`: the downstream TLS peer certificate (e.g. a SPIFFE ID);
 //! - `literal:<text>`: a fixed value;
-//! - `property:<segment>/<segment>/...`: any Envoy attribute, e.g. `property:xds/node/metadata/SERVICE_ACCOUNT`.
+//! - `property:<segment>/<segment>/...`: any Envoy attribute, e.g. `property:xds/node/metadata/SERVICE_ACCOUNT`;
+//! - `introspection:<claim path>`: a member of the RFC 7662 introspection result of the client's token (needs
+//!   `introspection`), a JSON Pointer like `jwt:`.
 //!
 //! Unknown kinds and malformed arguments are refused at load, so a typo never silently drops an identity.
 //! Resolving a source against a request is `crate::identity`'s job.
@@ -55,6 +57,8 @@ pub enum Source {
     Literal(String),
     /// An Envoy attribute path.
     Property(Vec<String>),
+    /// A member path in the introspection result of the client's token.
+    Introspection(Vec<String>),
 }
 
 /// A field of the downstream TLS peer certificate.
@@ -73,7 +77,7 @@ impl Source {
     pub fn parse(text: &str) -> Result<Source, String> {
         let (kind, arg) = text.split_once(':').ok_or_else(|| {
             format!(
-                "source `{}` must look like `<kind>:<argument>` (kinds: header, jwt, mtls, literal, property)",
+                "source `{}` must look like `<kind>:<argument>` (kinds: header, jwt, introspection, mtls, literal, property)",
                 shown(text)
             )
         })?;
@@ -105,6 +109,7 @@ impl Source {
                 Ok(Source::Header(name))
             }
             "jwt" => parse_pointer(arg).map(Source::Jwt),
+            "introspection" => parse_pointer(arg).map(Source::Introspection),
             "mtls" => match arg {
                 "uri_san" => Ok(Source::Mtls(MtlsField::UriSan)),
                 "dns_san" => Ok(Source::Mtls(MtlsField::DnsSan)),
@@ -128,7 +133,7 @@ impl Source {
                 Ok(Source::Property(segments))
             }
             _ => Err(format!(
-                "unknown source kind `{}` (known: header, jwt, mtls, literal, property)",
+                "unknown source kind `{}` (known: header, jwt, introspection, mtls, literal, property)",
                 shown(kind)
             )),
         }
@@ -144,6 +149,7 @@ impl Source {
             Source::Mtls(MtlsField::Subject) => "mtls:subject".into(),
             Source::Literal(_) => "literal".into(),
             Source::Property(path) => format!("property:{}", path.join("/")),
+            Source::Introspection(path) => format!("introspection:{}", path.join("/")),
         }
     }
 }

@@ -1,13 +1,18 @@
-//! Authorise and sign: the route allow-list, `require_subject` and `required_claims`, the claim set, and the
-//! token (from the worker's cache when an identical claim set was signed recently, else minted now).
+//! Authorise and sign: the route allow-list, `require_subject` and `required_claims`, the claim set (with the
+//! route's or the plugin's `fixed_scopes`, and the incoming token's delegation chain), and the token (from the
+//! worker's cache when an identical claim set was signed recently, else minted now), with its channel token when
+//! `channel_token` is configured.
 
 use crate::cache::{Lookup, TokenCache};
 use crate::claims::{self, Call, ClaimInputs, TimelessClaims};
 use crate::config::{Config, Issuer, Source};
 use crate::crypto::{jws, Signer};
+use crate::delegation;
 use crate::host::{Headers, Host};
-use crate::identity::Resolver;
+use crate::identity::{claim_at, Resolver};
 use crate::refusal::Refusal;
+
+use serde_json::{json, Value};
 
 use super::route::RouteSettings;
 
@@ -25,6 +30,8 @@ pub struct SignRequest<'a> {
     pub headers: &'a Headers,
     /// Envoy attributes (jwt_authn payload, mTLS peer, properties).
     pub host: &'a dyn Host,
+    /// The introspection result of the client's token, when it was introspected.
+    pub introspection: Option<&'a Value>,
 }
 
 /// Authorisation (route allow-list, `require_subject`, `required_claims`) and the claims, without crypto.
@@ -39,6 +46,7 @@ pub fn authorize(req: &SignRequest<'_>) -> Result<TimelessClaims, Refusal> {
         headers: req.headers,
         host: req.host,
         jwt_payload: &config.jwt_payload_in_metadata,
+        introspection: req.introspection,
     };
     let identity = resolver.identity(&config.identity).map_err(Refusal::Identity)?;
     if config.require_subject && identity.subject.is_none() {
@@ -46,8 +54,10 @@ pub fn authorize(req: &SignRequest<'_>) -> Result<TimelessClaims, Refusal> {
     }
     for claim in &config.required_claims {
         if resolver.value(claim).map_err(Refusal::Identity)?.is_none() {
-            let Source::Jwt(path) = claim else { continue };
-            return Err(Refusal::MissingClaim(path.join("/")));
+            return Err(Refusal::MissingClaim(match claim {
+                Source::Jwt(path) => path.join("/"),
+                other => other.describe(),
+            }));
         }
     }
     let mut copied = Vec::with_capacity(config.claims.copy.len());
@@ -56,23 +66,74 @@ pub fn authorize(req: &SignRequest<'_>) -> Result<TimelessClaims, Refusal> {
             copied.push((name.clone(), value));
         }
     }
-    Ok(TimelessClaims::build(
+    let audience = req.route.audience.as_deref().unwrap_or(&config.audience);
+    if config
+        .upstream
+        .channel_token
+        .as_ref()
+        .is_some_and(|c| c.audience == audience)
+    {
+        return Err(Refusal::BadRouteMetadata(
+            "the route's audience is channel_token.audience: a channel token must not be usable as an access token",
+        ));
+    }
+    let scope = match req.route.fixed_scopes.as_ref().or(config.fixed_scopes.as_ref()) {
+        Some(fixed) => fixed.join(" "),
+        None => claims::scope(req.call),
+    };
+    let mut timeless = TimelessClaims::build(
         ClaimInputs {
             issuer: &req.issuer.url,
-            audience: req.route.audience.as_deref().unwrap_or(&config.audience),
+            audience,
             default_actor: &config.actor,
             identity: &identity,
-            scope: claims::scope(req.call),
+            scope,
             copied,
         },
         &config.claims,
-    ))
+    );
+    delegate(req, &resolver, &mut timeless)?;
+    Ok(timeless)
+}
+
+/// RFC 8693 delegation: the incoming token's `may_act` must allow this gateway's actor, and its `act` is nested in
+/// the minted one. The incoming token is the introspected one, else jwt_authn's verified payload.
+fn delegate(req: &SignRequest<'_>, resolver: &Resolver<'_>, timeless: &mut TimelessClaims) -> Result<(), Refusal> {
+    let settings = req.config.delegation;
+    if !settings.nest_act && !settings.enforce_may_act {
+        return Ok(());
+    }
+    let incoming = |name: &str| -> Result<Option<Value>, Refusal> {
+        match req.introspection {
+            Some(doc) => Ok(claim_at(doc, &[name.to_string()]).cloned()),
+            None => resolver
+                .value(&Source::Jwt(vec![name.to_string()]))
+                .map_err(Refusal::Identity),
+        }
+    };
+    let actor = timeless
+        .0
+        .get("act")
+        .and_then(|act| act.get("sub"))
+        .and_then(Value::as_str)
+        .unwrap_or(&req.config.actor)
+        .to_string();
+    if settings.enforce_may_act {
+        delegation::check_may_act(incoming("may_act")?.as_ref(), &actor).map_err(Refusal::Delegation)?;
+    }
+    if settings.nest_act {
+        let act = delegation::minted_act(&actor, incoming("act")?.as_ref()).map_err(Refusal::Delegation)?;
+        timeless.0.insert("act".into(), act);
+    }
+    Ok(())
 }
 
 /// A token for the request.
 pub struct Token {
     /// The compact JWS.
     pub jwt: String,
+    /// The channel token (the same claims, its own `aud`, lifetime and `jti`), when configured.
+    pub channel: Option<String>,
     /// Reused from the cache rather than signed now.
     pub from_cache: bool,
 }
@@ -83,7 +144,7 @@ pub fn token_for(
     cache: &mut TokenCache,
     signer: &Signer,
     now: u64,
-    new_jti: impl FnOnce() -> Option<String>,
+    mut new_jti: impl FnMut() -> Option<String>,
 ) -> Result<Token, Refusal> {
     let timeless = authorize(req)?;
     // The key includes the signing key's id: after a key change no token of the old key is served.
@@ -93,27 +154,59 @@ pub fn token_for(
         None
     };
     if let Some(key) = &key {
-        if let Lookup::Hit(jwt) = cache.get(key, now) {
-            return Ok(Token { jwt, from_cache: true });
+        if let Lookup::Hit(cached) = cache.get(key, now) {
+            // With a channel token, one entry holds both, separated by a space (never part of a JWS).
+            let (jwt, channel) = match cached.split_once(' ') {
+                Some((jwt, channel)) => (jwt.to_string(), Some(channel.to_string())),
+                None => (cached, None),
+            };
+            return Ok(Token {
+                jwt,
+                channel,
+                from_cache: true,
+            });
         }
     }
     let jti = new_jti().ok_or(Refusal::Internal("random source unavailable"))?;
     let claims = timeless.stamp(now, req.config.ttl_seconds, jti, &req.config.claims);
-    let exp = claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(now);
-    let jwt = match jws::encode_within(&claims, signer, req.config.max_token_bytes) {
-        Ok(jwt) => jwt,
-        Err(jws::JwtError::TooLarge(bytes)) => {
-            return Err(Refusal::TokenTooLarge {
-                bytes,
-                limit: req.config.max_token_bytes,
-            })
+    let mut exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(now);
+    let jwt = sign_within(&claims, signer, req.config.max_token_bytes)?;
+    let channel = match &req.config.upstream.channel_token {
+        None => None,
+        Some(settings) => {
+            // The access token's claims (shaping applied), with the channel's own audience, lifetime and jti.
+            let mut channel = claims.clone();
+            let channel_exp = now.saturating_add(settings.ttl_seconds);
+            channel.insert("aud".into(), json!(settings.audience));
+            channel.insert("exp".into(), json!(channel_exp));
+            channel.insert(
+                "jti".into(),
+                json!(new_jti().ok_or(Refusal::Internal("random source unavailable"))?),
+            );
+            exp = exp.min(channel_exp);
+            Some(sign_within(&channel, signer, req.config.max_token_bytes)?)
         }
-        Err(_) => return Err(Refusal::Internal("signing failed")),
     };
     if let Some(key) = key {
-        cache.insert(key, jwt.clone(), exp);
+        let value = match &channel {
+            Some(channel) => format!("{jwt} {channel}"),
+            None => jwt.clone(),
+        };
+        cache.insert(key, value, exp);
     }
-    Ok(Token { jwt, from_cache: false })
+    Ok(Token {
+        jwt,
+        channel,
+        from_cache: false,
+    })
+}
+
+fn sign_within(claims: &serde_json::Map<String, Value>, signer: &Signer, max: usize) -> Result<String, Refusal> {
+    match jws::encode_within(claims, signer, max) {
+        Ok(jwt) => Ok(jwt),
+        Err(jws::JwtError::TooLarge(bytes)) => Err(Refusal::TokenTooLarge { bytes, limit: max }),
+        Err(_) => Err(Refusal::Internal("signing failed")),
+    }
 }
 
 #[cfg(test)]
@@ -123,7 +216,6 @@ mod tests {
     use crate::crypto::Algorithm;
     use crate::host::fake::FakeHost;
     use crate::mcp;
-    use serde_json::{json, Value};
     use std::collections::BTreeSet;
     use std::sync::OnceLock;
 
@@ -182,6 +274,7 @@ mod tests {
                 route: &self.route,
                 headers,
                 host,
+                introspection: None,
             })
         }
 
@@ -194,6 +287,7 @@ mod tests {
                 route: &self.route,
                 headers,
                 host: &host,
+                introspection: None,
             };
             token_for(&req, cache, signer(), now, || claims::new_jti().ok()).unwrap()
         }
@@ -240,6 +334,7 @@ mod tests {
         s.route = RouteSettings {
             audience: Some("https://weather.example.com/mcp".into()),
             allowed_tools: Some(BTreeSet::from(["get_weather".to_string()])),
+            ..RouteSettings::default()
         };
         let (none, host) = (Headers::default(), FakeHost::default());
         let c = s.authorize(&tools_call("get_weather"), &none, &host).unwrap().0;
