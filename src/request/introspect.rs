@@ -152,14 +152,18 @@ fn number(doc: &Value, name: &str) -> Result<Option<u64>, String> {
 pub fn judge(settings: &Introspection, response: Option<&CalloutResponse>, now: u64) -> Outcome {
     let Some(response) = response else {
         return Outcome::Failed(format!(
-            "no answer from cluster {} within {} ms (timeout, connection failure or unknown cluster)",
-            settings.cluster, settings.timeout_ms
+            "no answer from cluster {} (an unknown cluster, or the callout was reset)",
+            settings.cluster
         ));
     };
     if response.status != 200 {
         let hint = match response.status {
             401 | 403 => " (check the gateway's client credentials)",
             400 | 404 | 405 => " (check introspection.path and introspection.authority)",
+            // Envoy answers a callout itself when the cluster has no healthy host or refuses the connection (503),
+            // and when timeout_ms passes first (504).
+            503 => " (the endpoint, or Envoy for a cluster it cannot connect to)",
+            504 => " (no answer within introspection.timeout_ms)",
             _ => "",
         };
         return Outcome::Failed(format!("the endpoint answered HTTP {}{hint}", response.status));

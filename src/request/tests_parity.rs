@@ -328,7 +328,8 @@ fn no_answer_an_error_status_or_garbage_fails_closed_with_the_cause_in_the_log()
     let host = server.host();
     let p = plugin(&introspecting(""), &host);
     for (broken, cause) in [
-        (None, "no answer from cluster oauth_as within 2000 ms"),
+        (None, "no answer from cluster oauth_as (an unknown cluster"),
+        (Some((504, String::new())), "within introspection.timeout_ms"),
         (Some((500, "boom".to_string())), "HTTP 500"),
         (Some((502, String::new())), "HTTP 502"),
         (
