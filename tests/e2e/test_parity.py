@@ -20,6 +20,7 @@ Tokens are verified with PyJWT only (never the project's code).
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -30,6 +31,7 @@ from urllib.parse import urlparse
 import jwt
 import pytest
 import requests
+import yaml
 
 import harness
 
@@ -660,3 +662,215 @@ def test_nested_act_from_introspection(intro, as_):
     with nothing_forwarded(intro.envoy, intro.upstream):
         r = post(intro.url, tool_call(), as_.signed(audience=OPAQUE_RES, may_act={"sub": "elsewhere"}))
     assert r.status_code == 403 and r.json()["error"]["code"] == -32003, r.text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 7. docs/coming-from-litellm.md: every example, loaded into the real filter in a real Envoy
+# ----------------------------------------------------------------------------------------------------------------
+DOC = Path(__file__).resolve().parents[2] / "docs" / "coming-from-litellm.md"
+FENCE = re.compile(r"^```(?:json|yaml) (plugin-config|jwt-authn|route-metadata)((?: [A-Za-z_-]+=\S+)*)\n(.*?)^```$",
+                   re.M | re.S)
+
+
+def doc_blocks() -> dict:
+    found = {"plugin-config": {}, "jwt-authn": {}, "route-metadata": {}}
+    for kind, attrs, text in FENCE.findall(DOC.read_text()):
+        attrs = dict(a.split("=", 1) for a in attrs.split())
+        found[kind][attrs["id"]] = (attrs, text)
+    return found
+
+
+@dataclass
+class DocCtx:
+    envoy: object
+    upstream: RecordingUpstream
+    as_: AS
+    key: object
+
+    @property
+    def url(self):
+        return self.envoy.url
+
+    def call(self, body=None, token=None, headers=None, status=200):
+        self.upstream.clear()
+        r = post(self.url, body or tool_call(), token, headers)
+        assert r.status_code == status, (r.status_code, r.text, self.envoy.log_tail())
+        return r, (self.upstream.wait_for(1)[0] if status == 200 else None)
+
+    def claims(self, req, audience="mcp", header="authorization", require=("exp", "iat", "iss", "aud", "sub", "jti")):
+        return verify(bearer(req, header), self.url, audience, require)
+
+
+def ex_issuer(c):
+    _, req = c.call()
+    assert c.claims(req)["iss"] == c.url  # the example's https://gw.example.com, here the listener
+
+
+def ex_audience(c):
+    _, req = c.call()
+    claims = c.claims(req, audience="mcp-servers")
+    assert claims["exp"] - claims["iat"] == 120
+
+
+def ex_signing_key(c):
+    _, req = c.call()
+    assert jwt.get_unverified_header(bearer(req))["kid"] == kid_of(c.key)
+    c.claims(req)
+
+
+def ex_every_request(c):
+    for body, scope in [(rpc("tools/list"), "mcp:tools/list"), (tool_call(), f"{CALL} {WEATHER}"),
+                        (rpc("resources/read", {"uri": "file:///a"}), "mcp:resources/read")]:
+        _, req = c.call(body)
+        assert c.claims(req)["scope"] == scope
+    c.upstream.clear()
+    r = requests.get(c.url + "/mcp", headers={"accept": "text/event-stream"}, timeout=10)
+    assert r.status_code == 200
+    assert c.claims(c.upstream.wait_for(1)[0])["scope"] == "mcp:stream"
+
+
+def ex_verify(c):
+    idp_token = c.as_.signed(email="alice@example.com")
+    _, req = c.call(token=idp_token)
+    claims = c.claims(req)
+    assert (claims["sub"], claims["email"]) == ("alice", "alice@example.com")
+    assert all(idp_token not in v for _, v in req.headers), "the IdP's token reached the MCP server"
+    c.call(token=None, status=401)                                      # jwt_authn: a token is required
+    c.call(token=c.as_.jwt(resource=UPSTREAM_RES), status=403)          # another audience
+    # expired (beyond jwt_authn's default clock skew of 60 s)
+    c.call(token=c.as_.signed(iat=int(time.time()) - 7200, exp=int(time.time()) - 3600), status=401)
+
+
+def ex_introspection(c):
+    _, req = c.call(token=c.as_.opaque())
+    assert c.claims(req)["sub"] == "svc"
+    r, _ = c.call(token="not-issued-by-anyone", status=401)
+    assert r.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+
+
+def ex_end_user(c):
+    headers = {"x-user-id": "alice", "x-user-email": "alice@example.com", "x-team-id": "team-1",
+               "x-end-user-id": "customer-42"}
+    _, req = c.call(headers=headers)
+    claims = c.claims(req)
+    assert (claims["sub"], claims["email"], claims["act"], claims["end_user_id"]) == \
+        ("alice", "alice@example.com", {"sub": "team-1"}, "customer-42")
+    assert req.header("x-user-id") is None  # identity headers do not go upstream
+    _, req = c.call(headers={"x-user-id": "alice"})
+    assert c.claims(req)["act"] == {"sub": "litellm-proxy"}
+    _, req = c.call()
+    assert c.claims(req)["sub"] == "litellm-proxy"
+
+
+def ex_add_claims(c):
+    _, req = c.call()
+    assert c.claims(req)["deployment_id"] == "prod-001"
+
+
+def ex_set_claims(c):
+    _, req = c.call()
+    claims = c.claims(req, audience="https://weather.example.com/mcp")
+    assert (claims["env"], claims["aud"]) == ("production", ["mcp", "https://weather.example.com/mcp"])
+
+
+def ex_remove_claims(c):
+    _, req = c.call()
+    assert "nbf" not in c.claims(req)
+
+
+def ex_required_claims(c):
+    r, _ = c.call(token=c.as_.signed(), status=403)
+    assert r.json()["error"]["code"] == -32003 and "email" in r.json()["error"]["message"]
+    _, req = c.call(token=c.as_.signed(email="alice@example.com"))
+    assert c.claims(req)["sub"] == "alice"
+
+
+def ex_optional_claims(c):
+    _, req = c.call(token=c.as_.signed(groups=["admins", "devs"]))
+    claims = c.claims(req)
+    assert claims["groups"] == ["admins", "devs"] and "roles" not in claims
+
+
+def ex_channel_token(c):
+    _, req = c.call()
+    access, channel = c.claims(req), c.claims(req, audience="bedrock-gateway", header="x-mcp-channel-token")
+    assert (channel["exp"] - channel["iat"], access["sub"], access["scope"]) == (60, channel["sub"], channel["scope"])
+    with pytest.raises(jwt.InvalidAudienceError):
+        verify(bearer(req, "x-mcp-channel-token"), c.url, "mcp")
+
+
+def ex_debug_header(c):
+    _, req = c.call()
+    claims = c.claims(req)
+    kid = jwt.get_unverified_header(bearer(req))["kid"]
+    assert req.header("x-litellm-mcp-debug") == \
+        f"v=1; kid={kid}; sub=mcp-gateway; iss={c.url}; exp={claims['exp']}; scope={CALL} {WEATHER}"
+
+
+def ex_fixed_scopes(c):
+    _, req = c.call()
+    assert c.claims(req)["scope"] == "mcp:tools/call mcp:tools/list"
+
+
+def ex_fixed_scopes_route(c):
+    _, req = c.call()
+    assert c.claims(req)["scope"] == "weather:read weather:forecast"
+
+
+def ex_upstream_oauth(c):
+    own = c.as_.jwt(resource=UPSTREAM_RES)
+    _, req = c.call(token=own, headers={"x-mcp-gateway-token": "Bearer forged"})
+    assert req.header("authorization") == f"Bearer {own}"
+    assert c.claims(req, header="x-mcp-gateway-token")["scope"] == f"{CALL} {WEATHER}"
+
+
+def ex_delegation(c):
+    _, req = c.call(token=c.as_.signed(act={"sub": "agent-1"}))
+    assert c.claims(req)["act"] == {"sub": "mcp-gateway", "act": {"sub": "agent-1"}}
+    r, _ = c.call(token=c.as_.signed(may_act={"sub": "someone-else"}), status=403)
+    assert r.json()["error"]["code"] == -32003
+
+
+DOC_EXPECTATIONS = {name[3:]: fn for name, fn in dict(globals()).items() if name.startswith("ex_")}
+
+
+def test_every_doc_example_has_an_expectation():
+    assert sorted(doc_blocks()["plugin-config"]) == sorted(DOC_EXPECTATIONS)
+
+
+@pytest.mark.parametrize("example", sorted(DOC_EXPECTATIONS))
+def test_litellm_doc_example(as_, tmp_path, example):
+    blocks = doc_blocks()
+    attrs, text = blocks["plugin-config"][example]
+    issuer_host = "https://idp.example.com"
+    jwt_authn = None
+    if "jwt-authn" in attrs:
+        _, yaml_text = blocks["jwt-authn"][attrs["jwt-authn"]]
+        jwt_authn = yaml.safe_load(yaml_text.replace(issuer_host, as_.server.issuer))
+        (provider,) = jwt_authn["providers"].values()
+        assert provider["remote_jwks"]["http_uri"]["uri"] == as_.server.metadata()["jwks_uri"]
+    route_metadata = yaml.safe_load(blocks["route-metadata"][attrs["route"]][1]) if "route" in attrs else None
+    env, key = {}, None
+    if attrs.get("env") == "MCP_JWT_SIGNING_KEY":
+        key = new_rsa()
+        env["MCP_JWT_SIGNING_KEY"] = pem_of(key)
+    elif attrs.get("env") == "introspection":
+        env.update(creds(as_))
+    base = gateway_edit(as_, jwt_authn=jwt_authn)
+
+    def edit(cfg):
+        base(cfg)
+        cfg["static_resources"]["clusters"].append(static_cluster("idp", as_.port))
+        if route_metadata is not None:
+            _hcm(cfg)["route_config"]["virtual_hosts"][0]["routes"][-1]["metadata"] = route_metadata
+
+    up = RecordingUpstream().start()
+    envoy = None
+    try:
+        config = lambda url: json.loads(text.replace("https://gw.example.com", url))  # noqa: E731
+        envoy = start_envoy(tmp_path / "gw", config, up.port, env=env, extra_edit=edit)
+        DOC_EXPECTATIONS[example](DocCtx(envoy, up, as_, key))
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        up.stop()
