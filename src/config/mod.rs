@@ -227,9 +227,8 @@ fn check_parity_sources(
             if upstream.written_headers().any(|written| written == name) {
                 return Err(ConfigError::new(
                     field,
-                    format!(
-                        "`header:{name}` is a header the filter writes (token_header, channel_token, debug_header)"
-                    ),
+                    "a `header:` source names a header the filter writes (token_header, channel_token.header, \
+                     debug_header)",
                 ));
             }
         }
@@ -449,6 +448,18 @@ mod tests {
     }
 
     #[test]
+    fn the_headers_the_filter_writes_are_no_identity_sources() {
+        for json in [
+            r#"{"token_header":"x-gw","identity":{"subject":["header:x-gw"]}}"#,
+            r#"{"channel_token":{"audience":"c"},"copy_claims":{"c":"header:x-mcp-channel-token"}}"#,
+            r#"{"debug_header":true,"identity":{"actor":["header:x-mcp-jwt-debug"]}}"#,
+        ] {
+            let e = parse(json).unwrap_err();
+            assert!(e.reason.contains("the filter writes"), "{json}: {e}");
+        }
+    }
+
+    #[test]
     fn key_material_never_reaches_an_error() {
         let pem = "-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7fuzzSecretBodyQ9xZp4Lk2Wv\\n-----END PRIVATE KEY-----\\n";
         for template in [
@@ -463,6 +474,19 @@ mod tests {
             r#"{"remove_claims": ["$PEM"], "override_claims": {"$PEM": 1}}"#,
             r#"{"audience": "$PEM\u0001"}"#,
             r#"{"additional_public_keys": ["$PEM"]}"#,
+            r#"{"token_header": "$PEM"}"#,
+            r#"{"client_authorization": "$PEM"}"#,
+            r#"{"channel_token": {"audience": "$PEM\u0001"}}"#,
+            r#"{"channel_token": {"audience": "c", "header": "$PEM"}}"#,
+            r#"{"debug_header": {"name": "$PEM"}}"#,
+            r#"{"debug_header": {"$PEM": 1}}"#,
+            r#"{"fixed_scopes": ["$PEM"]}"#,
+            r#"{"introspection": {"cluster": "$PEM", "path": "/p", "authority": "h"}}"#,
+            r#"{"introspection": {"cluster": "c", "path": "$PEM", "authority": "h"}}"#,
+            r#"{"introspection": {"cluster": "c", "path": "/p", "authority": "$PEM"}}"#,
+            r#"{"introspection": {"cluster": "c", "path": "/p", "authority": "h", "client_secret_env": "$PEM"}}"#,
+            r#"{"identity": {"subject": ["introspection:$PEM"]}}"#,
+            r#"{"delegation": {"$PEM": true}}"#,
             r#"{"tokeA8888r`$PEMm{"": "#,
             r#"{"a`, expected one of `x`$PEM": 1}"#,
         ] {
