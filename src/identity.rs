@@ -39,7 +39,7 @@ impl fmt::Display for IdentityError {
 /// The Envoy attribute path a source reads, if it reads one (`jwt_payload`: jwt_authn's `payload_in_metadata`).
 pub fn attribute_path<'a>(source: &'a Source, jwt_payload: &'a str) -> Option<Vec<&'a str>> {
     match source {
-        Source::Header(_) | Source::Literal(_) | Source::ClientInfo(_) => None,
+        Source::Header(_) | Source::Literal(_) | Source::ClientInfo(_) | Source::Introspection(_) => None,
         Source::Jwt(claim) => {
             let mut path = vec!["metadata", "filter_metadata", JWT_AUTHN_NAMESPACE, jwt_payload];
             path.extend(claim.iter().map(String::as_str));
@@ -76,6 +76,26 @@ pub struct Resolver<'a> {
     pub jwt_payload: &'a str,
     /// The body's `params._meta["io.modelcontextprotocol/clientInfo"]`, if any.
     pub client_info: Option<&'a Value>,
+    /// The introspection result of the client's token (`introspection:` sources), when it was introspected.
+    pub introspection: Option<&'a Value>,
+}
+
+/// The value at a claim path inside a JSON document (objects by key, lists by index); `None` when absent, `null`
+/// or an empty string (as Envoy reports an empty metadata value).
+pub fn claim_at<'v>(document: &'v Value, path: &[String]) -> Option<&'v Value> {
+    let mut value = document;
+    for segment in path {
+        value = match value {
+            Value::Object(map) => map.get(segment)?,
+            Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    match value {
+        Value::Null => None,
+        Value::String(s) if s.is_empty() => None,
+        other => Some(other),
+    }
 }
 
 impl Resolver<'_> {
@@ -92,6 +112,7 @@ impl Resolver<'_> {
                 .and_then(|info| info.get(member))
                 .filter(|v| !v.is_null())
                 .cloned()),
+            Source::Introspection(path) => Ok(self.introspection.and_then(|doc| claim_at(doc, path)).cloned()),
             Source::Header(name) => match self.headers.single(name).map_err(|RepeatedHeader| err("is repeated"))? {
                 Some(raw) => {
                     // Header values are text: refuse rather than repair.
@@ -171,6 +192,7 @@ mod tests {
             host,
             jwt_payload: "jwt_payload",
             client_info: None,
+            introspection: None,
         }
         .identity(sources)
     }
@@ -249,6 +271,35 @@ mod tests {
         let s = sources(r#"{"subject":["header:x-user-id"]}"#);
         let h = headers(&[("x-user-id", b"alice"), ("X-User-Id", b"admin")]);
         assert_eq!(resolve(&s, &h, &FakeHost::default()).unwrap_err().reason, "is repeated");
+    }
+
+    #[test]
+    fn introspection_sources_read_the_result() {
+        let s = IdentitySources::from_config(
+            serde_json::from_str(
+                r#"{"subject":["introspection:sub","introspection:client_id"],"actor":["introspection:org/0"]}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let result = json!({"active": true, "client_id": "svc", "sub": "", "org": ["blue"]});
+        let resolver = Resolver {
+            headers: &Headers::default(),
+            host: &FakeHost::default(),
+            jwt_payload: "jwt_payload",
+            client_info: None,
+            introspection: Some(&result),
+        };
+        let id = resolver.identity(&s).unwrap();
+        assert_eq!(
+            (id.subject.as_deref(), id.actor.as_deref()),
+            (Some("svc"), Some("blue"))
+        );
+        let none = Resolver {
+            introspection: None,
+            ..resolver
+        };
+        assert_eq!(none.identity(&s).unwrap(), Identity::default());
     }
 
     #[test]

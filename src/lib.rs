@@ -4,9 +4,9 @@
 //! Everything but the adapters is pure Rust, tested natively with `cargo test`. The data flow, top to bottom:
 //! - [`request`]: one request's state machine (gate, routing headers, route settings, authorise and sign,
 //!   responses), answering each proxy callback with a [`host::Step`];
-//! - [`mcp`]: strict JSON-RPC / MCP parsing; [`identity`]: who is calling; [`claims`]: the claim set and its
-//!   least-privilege scope; [`cache`]: the bounded token cache of a worker, [`shared_cache`]: the one its
-//!   workers share; [`refusal`]: why a request is refused;
+//! - [`mcp`]: strict JSON-RPC / MCP parsing; [`identity`]: who is calling; [`delegation`]: RFC 8693 `act` chains
+//!   and `may_act`; [`claims`]: the claim set and its least-privilege scope; [`cache`]: the bounded token cache of
+//!   a worker, [`shared_cache`]: the one its workers share; [`refusal`]: why a request is refused;
 //!   [`well_known`]: discovery and JWKS documents;
 //! - [`plugin`]: configuration, key and cache of one plugin instance; [`config`]: the plugin JSON;
 //!   [`crypto`]: keys, signatures and JWS (a leaf);
@@ -24,6 +24,7 @@ pub mod cache;
 pub mod claims;
 pub mod config;
 pub mod crypto;
+pub mod delegation;
 pub mod envoy_value;
 pub mod host;
 pub mod identity;

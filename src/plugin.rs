@@ -6,7 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::cache::TokenCache;
-use crate::config::{Config, KeySource, SIGNING_KEY_ENV};
+use crate::config::{Config, KeySource, Secret, TokenCacheConfig, SIGNING_KEY_ENV};
 use crate::crypto::{Algorithm, Jwk, Signer};
 use crate::host::{Host, LogLevel};
 
@@ -94,6 +94,16 @@ pub struct Plugin {
     pub keys: KeyStore,
     /// This worker's token cache.
     pub cache: RefCell<TokenCache>,
+    /// The introspection endpoint's credentials and this worker's cache of results (with `introspection`).
+    pub introspection: Option<IntrospectionState>,
+}
+
+/// What introspection needs at run time besides its configuration.
+pub struct IntrospectionState {
+    /// The `Authorization` value for the endpoint (from the environment; `Debug` hides it).
+    pub authorization: Secret,
+    /// Results by SHA-256 of the token, each until the token's `exp` or `introspection.cache.max_seconds`.
+    pub cache: RefCell<TokenCache>,
 }
 
 /// A loaded plugin and what loading it has to say.
@@ -125,9 +135,21 @@ impl Plugin {
     /// Parses the configuration and obtains the key. `env_key` is the value of [`SIGNING_KEY_ENV`]. Errors name
     /// the field and never contain key material; an error means the plugin must not start (fail closed).
     pub fn load(bytes: &[u8], env_key: Option<&str>, host: &dyn Host) -> Result<Loaded, String> {
+        let env = |name: &str| (name == SIGNING_KEY_ENV).then(|| env_key.map(str::to_string)).flatten();
+        Self::load_with_env(bytes, &env, host)
+    }
+
+    /// [`Plugin::load`], reading the environment variables the configuration names through `env` (the signing
+    /// key's, and the introspection endpoint's client credentials).
+    pub fn load_with_env(
+        bytes: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+        host: &dyn Host,
+    ) -> Result<Loaded, String> {
         let config = Config::parse(bytes).map_err(|e| e.to_string())?;
         check_envoy_version(&config, host)?;
-        let source = config.key_source(env_key).map_err(|e| e.to_string())?;
+        let env_key = env(SIGNING_KEY_ENV);
+        let source = config.key_source(env_key.as_deref()).map_err(|e| e.to_string())?;
         let mut logs = Vec::new();
         let keys = match source {
             KeySource::Config(pem) => {
@@ -180,8 +202,38 @@ impl Plugin {
             logs.push((LogLevel::Debug, format!("running on Envoy {major}.{minor}")));
         }
         let cache = RefCell::new(TokenCache::new(config.token_cache));
+        let introspection = match &config.introspection {
+            None => None,
+            Some(settings) => {
+                let authorization = settings.client_authorization(env).map_err(|e| e.to_string())?;
+                logs.push((
+                    LogLevel::Info,
+                    format!(
+                        "introspecting bearer tokens at cluster {} {} (client credentials from {} and {})",
+                        settings.cluster, settings.path, settings.client_id_env, settings.client_secret_env
+                    ),
+                ));
+                Some(IntrospectionState {
+                    authorization,
+                    cache: RefCell::new(TokenCache::new(TokenCacheConfig {
+                        max_entries: settings.cache.max_entries,
+                        max_bytes: settings.cache.max_bytes,
+                        // Each entry already ends at min(exp, now + max_seconds): any life left is enough.
+                        min_remaining_seconds: 0,
+                        // Introspection results stay with their worker.
+                        shared_max_entries: 0,
+                        shared_entry_bytes: 0,
+                    })),
+                })
+            }
+        };
         Ok(Loaded {
-            plugin: Plugin { config, keys, cache },
+            plugin: Plugin {
+                config,
+                keys,
+                cache,
+                introspection,
+            },
             logs,
         })
     }

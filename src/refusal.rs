@@ -53,6 +53,11 @@ pub enum Refusal {
         /// Every scope the request needs, space-separated, in one challenge.
         scope: String,
     },
+    /// The token introspection endpoint gave no usable answer (timeout, reset, an error status, an unreadable
+    /// body): fail closed. The log line before the refusal names the cause.
+    IntrospectionUnavailable,
+    /// The incoming token's delegation chain refuses this gateway (`may_act`), or is too deep or malformed.
+    Delegation(&'static str),
     /// A claim listed in `required_claims` is missing from the verified identity.
     MissingClaim(String),
     /// The matched route's `allowed_tools` does not list this tool.
@@ -82,7 +87,8 @@ impl Refusal {
             Refusal::Body(_) | Refusal::UnexpectedBody | Refusal::UnexpectedTrailers => 400,
             Refusal::Identity(_) | Refusal::BadAuthority | Refusal::HeaderMismatch(_) => 400,
             Refusal::Unauthenticated | Refusal::TokenRequired { .. } | Refusal::InvalidToken { .. } => 401,
-            Refusal::InsufficientScope { .. } => 403,
+            Refusal::InsufficientScope { .. } | Refusal::Delegation(_) => 403,
+            Refusal::IntrospectionUnavailable => 503,
             Refusal::MissingClaim(_) | Refusal::ToolNotAllowed(_) => 403,
             Refusal::BadRouteMetadata(_) | Refusal::RouteChanged => 500,
             Refusal::TokenTooLarge { .. } => 400,
@@ -100,7 +106,8 @@ impl Refusal {
             Refusal::Body(McpError::Parse(_)) => -32700,
             Refusal::Body(McpError::InvalidParams { .. }) => -32602,
             Refusal::Unauthenticated | Refusal::TokenRequired { .. } | Refusal::InvalidToken { .. } => -32001,
-            Refusal::InsufficientScope { .. } => -32003,
+            Refusal::InsufficientScope { .. } | Refusal::Delegation(_) => -32003,
+            Refusal::IntrospectionUnavailable => -32603,
             // MCP's own code for a routing header that does not match the body.
             Refusal::HeaderMismatch(_) => -32020,
             Refusal::MissingClaim(_) | Refusal::ToolNotAllowed(_) => -32003,
@@ -128,6 +135,8 @@ impl Refusal {
             Refusal::Unauthenticated | Refusal::TokenRequired { .. } => "unauthenticated",
             Refusal::InvalidToken { .. } => "invalid_token",
             Refusal::InsufficientScope { .. } => "insufficient_scope",
+            Refusal::IntrospectionUnavailable => "introspection_unavailable",
+            Refusal::Delegation(_) => "delegation_refused",
             Refusal::MissingClaim(_) => "missing_required_claim",
             Refusal::ToolNotAllowed(_) => "tool_not_allowed",
             Refusal::BadRouteMetadata(_) => "bad_route_metadata",
@@ -170,6 +179,10 @@ impl Refusal {
             Refusal::InsufficientScope { scope } => {
                 format!("insufficient scope: this request needs `{scope}`; obtain a token with it and retry")
             }
+            Refusal::IntrospectionUnavailable => {
+                "the access token could not be validated right now (authorization server unavailable); retry".into()
+            }
+            Refusal::Delegation(what) => format!("forbidden: {what}"),
             Refusal::MissingClaim(claim) => {
                 format!("forbidden: required claim `{claim}` is missing")
             }

@@ -59,3 +59,48 @@ pub const SHARED_CACHE_MIN_ENTRY_BYTES: usize = 1024;
 /// The first Envoy minor (of 1.x) with the wasm filter's `allow_on_headers_stop_iteration`, which body buffering
 /// needs (docs/envoy-versions.md).
 pub const MIN_ENVOY_MINOR_FOR_BUFFERING: u64 = 35;
+
+// ---- upstream delivery: token header, client authorization, channel token, debug header -------------------------
+/// `token_header`: where the minted token goes.
+pub const TOKEN_HEADER: &str = "authorization";
+/// `channel_token.header`: where the channel token goes (`Bearer <jwt>`).
+pub const CHANNEL_TOKEN_HEADER: &str = "x-mcp-channel-token";
+/// `debug_header.name`: the debug summary header (off unless `debug_header` is set).
+pub const DEBUG_HEADER: &str = "x-mcp-jwt-debug";
+/// The debug header's `scope=` is cut to this many characters (the last three become `...`), as LiteLLM does.
+pub const DEBUG_SCOPE_CHARS: usize = 80;
+/// Longest header name accepted for `token_header`, `channel_token.header` and `debug_header.name`.
+pub const MAX_HEADER_NAME_BYTES: usize = 128;
+
+// ---- fixed_scopes -------------------------------------------------------------------------------------------
+/// Most entries in one `fixed_scopes` list.
+pub const MAX_FIXED_SCOPES: usize = 64;
+/// Longest `fixed_scopes` entry.
+pub const MAX_FIXED_SCOPE_BYTES: usize = 256;
+
+// ---- introspection (RFC 7662) ---------------------------------------------------------------------------------
+/// `introspection.timeout_ms`.
+pub const INTROSPECTION_TIMEOUT_MS: u64 = 2_000;
+/// Largest `introspection.timeout_ms`: the request waits for the answer.
+pub const INTROSPECTION_TIMEOUT_MS_LIMIT: u64 = 30_000;
+/// `introspection.client_id_env`: the environment variable holding the gateway's client id at the endpoint.
+pub const INTROSPECTION_CLIENT_ID_ENV: &str = "MCP_JWT_INTROSPECTION_CLIENT_ID";
+/// `introspection.client_secret_env`: the environment variable holding its client secret.
+pub const INTROSPECTION_CLIENT_SECRET_ENV: &str = "MCP_JWT_INTROSPECTION_CLIENT_SECRET";
+/// `introspection.cache.max_entries`: introspection results per worker VM (0 switches the cache off).
+pub const INTROSPECTION_CACHE_MAX_ENTRIES: usize = 1024;
+/// `introspection.cache.max_bytes`: bytes of cached introspection results per worker VM.
+pub const INTROSPECTION_CACHE_MAX_BYTES: usize = 1024 * 1024;
+/// `introspection.cache.max_seconds`: the longest a result is reused (never past the token's `exp`). A revoked
+/// token is accepted for at most this long.
+pub const INTROSPECTION_CACHE_MAX_SECONDS: u64 = 60;
+/// Largest `introspection.cache.max_seconds`.
+pub const INTROSPECTION_CACHE_MAX_SECONDS_LIMIT: u64 = 3600;
+/// Longest bearer token the filter sends to the introspection endpoint; longer ones are refused (401).
+pub const MAX_INTROSPECTED_TOKEN_BYTES: usize = 16 * 1024;
+/// Largest introspection response read; a longer one fails closed (503).
+pub const MAX_INTROSPECTION_RESPONSE_BYTES: usize = 64 * 1024;
+
+// ---- delegation (RFC 8693 section 4.1) ------------------------------------------------------------------------
+/// Deepest `act` chain the filter mints (this gateway's actor included); a deeper incoming chain is refused (403).
+pub const MAX_DELEGATION_DEPTH: usize = 8;

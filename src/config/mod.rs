@@ -4,26 +4,35 @@
 //! operator reading Envoy's log knows what to fix; no error repeats key material. Layout:
 //! - `schema`: the fields as written; [`defaults`]: every default and limit;
 //! - one file per field group: [`issuer`], [`sources`] (identity sources), [`claims`] (claim shaping),
-//!   [`cache`] (token cache), [`keys`] (signing key and published keys);
+//!   [`cache`] (token cache), [`keys`] (signing key and published keys), [`upstream`] (token header, client
+//!   authorization, channel token, debug header), [`scopes`] (`fixed_scopes`), [`introspection`] (RFC 7662),
+//!   [`delegation`] (RFC 8693 `act` / `may_act`);
 //! - [`error`]: the error and its redaction, a leaf.
 
 pub mod authorization;
 pub mod cache;
 pub mod claims;
 pub mod defaults;
+pub mod delegation;
 pub mod error;
+pub mod introspection;
 pub mod issuer;
 pub mod keys;
 mod schema;
+pub mod scopes;
 pub mod sources;
+pub mod upstream;
 
 pub use authorization::{Authorization, ProtectedResource};
 pub use cache::TokenCacheConfig;
 pub use claims::{ClaimShaping, ESSENTIAL_CLAIMS, FILTER_CLAIMS};
+pub use delegation::Delegation;
 pub use error::{shown, ConfigError};
+pub use introspection::{Introspection, IntrospectionCache, Secret};
 pub use issuer::Issuer;
 pub use keys::{KeySource, SecretPem, SIGNING_KEY_ENV};
 pub use sources::{IdentitySources, MtlsField, Source, JWT_AUTHN_NAMESPACE};
+pub use upstream::{ChannelToken, ClientAuthorization, Upstream};
 
 use crate::crypto::{Algorithm, Jwk};
 use sha2::Digest as _;
@@ -32,6 +41,7 @@ use self::authorization::RawAuthorization;
 use self::claims::RawShaping;
 use self::error::{field_path, redact_serde_error};
 use self::schema::RawConfig;
+use self::upstream::RawUpstream;
 
 /// A validated configuration.
 #[derive(Clone, Debug)]
@@ -83,6 +93,14 @@ pub struct Config {
     /// SHA-256 of the configuration as written: the shared token cache keeps the tokens of different
     /// configurations apart.
     pub fingerprint: [u8; 32],
+    /// Where the token goes, what becomes of the client's `Authorization`, the channel token, the debug header.
+    pub upstream: Upstream,
+    /// A fixed `scope` instead of the computed least-privilege one (route metadata can set its own).
+    pub fixed_scopes: Option<Vec<String>>,
+    /// RFC 7662 introspection of the client's bearer token.
+    pub introspection: Option<Introspection>,
+    /// RFC 8693 delegation chains (`act` nesting, `may_act`).
+    pub delegation: Delegation,
 }
 
 /// Every audit field, in the order the filter writes them (`Effects::audit`).
@@ -174,10 +192,28 @@ impl Config {
             .iter()
             .enumerate()
             .map(|(i, claim)| {
-                Source::parse(&format!("jwt:{claim}")).map_err(|r| ConfigError::new(format!("required_claims[{i}]"), r))
+                // A jwt_authn claim path, or `introspection:<path>`.
+                let text = match claim.starts_with("introspection:") {
+                    true => claim.clone(),
+                    false => format!("jwt:{claim}"),
+                };
+                Source::parse(&text).map_err(|r| ConfigError::new(format!("required_claims[{i}]"), r))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let token_cache = TokenCacheConfig::from_raw(raw.token_cache.unwrap_or_default(), ttl_seconds)?;
+        let upstream = Upstream::from_raw(
+            RawUpstream {
+                token_header: raw.token_header,
+                client_authorization: raw.client_authorization,
+                channel_token: raw.channel_token,
+                debug_header: raw.debug_header,
+            },
+            &audience,
+            ttl_seconds,
+        )?;
+        let introspection = raw.introspection.map(Introspection::from_raw).transpose()?;
+        check_parity_sources(&identity, &claims, &required_claims, &upstream, introspection.is_some())?;
+        let token_cache =
+            TokenCacheConfig::from_raw(raw.token_cache.unwrap_or_default(), upstream.shortest_ttl(ttl_seconds))?;
         let algorithm = match raw.algorithm {
             None => Algorithm::default(),
             Some(name) => Algorithm::parse(&name)
@@ -246,8 +282,43 @@ impl Config {
             allow_body_buffering,
             audit_fields,
             fingerprint: [0; 32],
+            upstream,
+            fixed_scopes: scopes::fixed_scopes(raw.fixed_scopes)?,
+            introspection,
+            delegation: Delegation::from_raw(raw.delegation),
         })
     }
+}
+
+/// `introspection:` sources need `introspection`; the headers the filter writes (token, channel token, debug)
+/// cannot be identity sources.
+fn check_parity_sources(
+    identity: &IdentitySources,
+    claims: &ClaimShaping,
+    required: &[Source],
+    upstream: &Upstream,
+    introspection: bool,
+) -> Result<(), ConfigError> {
+    let named = identity
+        .all()
+        .map(|s| ("identity", s))
+        .chain(claims.copy.iter().map(|(_, s)| ("copy_claims", s)))
+        .chain(required.iter().map(|s| ("required_claims", s)));
+    for (field, source) in named {
+        if let (Source::Introspection(_), false) = (source, introspection) {
+            return Err(introspection::unconfigured(field, &source.describe()));
+        }
+        if let Source::Header(name) = source {
+            if upstream.written_headers().any(|written| written == name) {
+                return Err(ConfigError::new(
+                    field,
+                    "a `header:` source names a header the filter writes (token_header, channel_token.header, \
+                     debug_header)",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn ttl_seconds(raw: Option<i64>) -> Result<u64, ConfigError> {
@@ -462,6 +533,18 @@ mod tests {
     }
 
     #[test]
+    fn the_headers_the_filter_writes_are_no_identity_sources() {
+        for json in [
+            r#"{"token_header":"x-gw","identity":{"subject":["header:x-gw"]}}"#,
+            r#"{"channel_token":{"audience":"c"},"copy_claims":{"c":"header:x-mcp-channel-token"}}"#,
+            r#"{"debug_header":true,"identity":{"actor":["header:x-mcp-jwt-debug"]}}"#,
+        ] {
+            let e = parse(json).unwrap_err();
+            assert!(e.reason.contains("the filter writes"), "{json}: {e}");
+        }
+    }
+
+    #[test]
     fn key_material_never_reaches_an_error() {
         let pem = "-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7fuzzSecretBodyQ9xZp4Lk2Wv\\n-----END PRIVATE KEY-----\\n";
         for template in [
@@ -476,6 +559,19 @@ mod tests {
             r#"{"remove_claims": ["$PEM"], "override_claims": {"$PEM": 1}}"#,
             r#"{"audience": "$PEM\u0001"}"#,
             r#"{"additional_public_keys": ["$PEM"]}"#,
+            r#"{"token_header": "$PEM"}"#,
+            r#"{"client_authorization": "$PEM"}"#,
+            r#"{"channel_token": {"audience": "$PEM\u0001"}}"#,
+            r#"{"channel_token": {"audience": "c", "header": "$PEM"}}"#,
+            r#"{"debug_header": {"name": "$PEM"}}"#,
+            r#"{"debug_header": {"$PEM": 1}}"#,
+            r#"{"fixed_scopes": ["$PEM"]}"#,
+            r#"{"introspection": {"cluster": "$PEM", "path": "/p", "authority": "h"}}"#,
+            r#"{"introspection": {"cluster": "c", "path": "$PEM", "authority": "h"}}"#,
+            r#"{"introspection": {"cluster": "c", "path": "/p", "authority": "$PEM"}}"#,
+            r#"{"introspection": {"cluster": "c", "path": "/p", "authority": "h", "client_secret_env": "$PEM"}}"#,
+            r#"{"identity": {"subject": ["introspection:$PEM"]}}"#,
+            r#"{"delegation": {"$PEM": true}}"#,
             r#"{"tokeA8888r`$PEMm{"": "#,
             r#"{"a`, expected one of `x`$PEM": 1}"#,
         ] {

@@ -8,7 +8,10 @@ use serde_json::{Map, Value};
 
 use super::authorization::RawProtectedResource;
 use super::cache::RawTokenCache;
+use super::delegation::RawDelegation;
+use super::introspection::RawIntrospection;
 use super::sources::IdentityConfig;
+use super::upstream::RawChannelToken;
 
 /// The configuration as written by the operator.
 #[derive(Debug, Default, Deserialize)]
@@ -42,4 +45,11 @@ pub(crate) struct RawConfig {
     pub allow_body_buffering: Option<bool>,
     pub audit_fields: Option<bool>,
     pub audit_omit: Option<Vec<String>>,
+    pub token_header: Option<String>,
+    pub client_authorization: Option<String>,
+    pub channel_token: Option<RawChannelToken>,
+    pub debug_header: Option<Value>,
+    pub fixed_scopes: Option<Vec<String>>,
+    pub introspection: Option<RawIntrospection>,
+    pub delegation: Option<RawDelegation>,
 }

@@ -10,6 +10,8 @@
 //! - `property:<segment>/<segment>/...`: any Envoy attribute, e.g. `property:xds/node/metadata/SERVICE_ACCOUNT`;
 //! - `client_info:<member>` (`name`, `version`, ...): the client's self-description in the body's `_meta`
 //!   (client-asserted: `copy_claims` only).
+//! - `introspection:<claim path>`: a member of the RFC 7662 introspection result of the client's token (needs
+//!   `introspection`), a JSON Pointer like `jwt:`.
 //!
 //! Unknown kinds and malformed arguments are refused at load, so a typo never silently drops an identity.
 //! Resolving a source against a request is `crate::identity`'s job.
@@ -60,6 +62,8 @@ pub enum Source {
     /// A member of the request body's `params._meta["io.modelcontextprotocol/clientInfo"]` (MCP 2026-07-28): what
     /// the client says it is. Client-asserted: usable in `copy_claims`, never as an identity.
     ClientInfo(String),
+    /// A member path in the introspection result of the client's token.
+    Introspection(Vec<String>),
 }
 
 /// A field of the downstream TLS peer certificate.
@@ -78,7 +82,7 @@ impl Source {
     pub fn parse(text: &str) -> Result<Source, String> {
         let (kind, arg) = text.split_once(':').ok_or_else(|| {
             format!(
-                "source `{}` must look like `<kind>:<argument>` (kinds: header, jwt, mtls, literal, property, client_info)",
+                "source `{}` must look like `<kind>:<argument>` (kinds: header, jwt, introspection, mtls, literal, property, client_info)",
                 shown(text)
             )
         })?;
@@ -110,6 +114,7 @@ impl Source {
                 Ok(Source::Header(name))
             }
             "jwt" => parse_pointer(arg).map(Source::Jwt),
+            "introspection" => parse_pointer(arg).map(Source::Introspection),
             "mtls" => match arg {
                 "uri_san" => Ok(Source::Mtls(MtlsField::UriSan)),
                 "dns_san" => Ok(Source::Mtls(MtlsField::DnsSan)),
@@ -142,7 +147,7 @@ impl Source {
                 Ok(Source::Property(segments))
             }
             _ => Err(format!(
-                "unknown source kind `{}` (known: header, jwt, mtls, literal, property, client_info)",
+                "unknown source kind `{}` (known: header, jwt, introspection, mtls, literal, property, client_info)",
                 shown(kind)
             )),
         }
@@ -159,6 +164,7 @@ impl Source {
             Source::Literal(_) => "literal".into(),
             Source::Property(path) => format!("property:{}", path.join("/")),
             Source::ClientInfo(member) => format!("client_info:{member}"),
+            Source::Introspection(path) => format!("introspection:{}", path.join("/")),
         }
     }
 }

@@ -104,6 +104,10 @@ impl FakeHost {
                 headers.remove(name);
                 headers.0.push((name.to_string(), value.as_bytes().to_vec()));
             }
+            HeaderEdit::SetNamed(name, value) => {
+                headers.remove(name);
+                headers.0.push((name.clone(), value.as_bytes().to_vec()));
+            }
         }
     }
 }

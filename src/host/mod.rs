@@ -104,6 +104,8 @@ pub enum HeaderEdit {
     RemoveNamed(String),
     /// Replace every copy of the header with this one value.
     Set(&'static str, String),
+    /// Replace every copy of a header named by the configuration with this one value.
+    SetNamed(String, String),
 }
 
 /// A response the filter sends itself; the request is not forwarded.
@@ -148,6 +150,10 @@ pub enum Metric {
     JwksServed,
     /// Counter `protected_resource_served`: RFC 9728 metadata answered.
     ProtectedResourceServed,
+    /// Counter `introspections`: an introspection request was sent to the authorization server.
+    Introspections,
+    /// Counter `introspection_cache_hits`: a cached introspection result was used instead.
+    IntrospectionCacheHits,
     /// Counter `refused.<reason>`: a request was refused (reasons: `Refusal::reason`).
     Refused(&'static str),
     /// Histogram `sign_duration_us`: microseconds from the start of signing to the token (cache misses only).
@@ -177,6 +183,8 @@ impl Metric {
             Metric::DiscoveryServed => "mcp_jwt_signer.discovery_served",
             Metric::JwksServed => "mcp_jwt_signer.jwks_served",
             Metric::ProtectedResourceServed => "mcp_jwt_signer.protected_resource_served",
+            Metric::Introspections => "mcp_jwt_signer.introspections",
+            Metric::IntrospectionCacheHits => "mcp_jwt_signer.introspection_cache_hits",
             Metric::SignDurationUs(_) => "mcp_jwt_signer.sign_duration_us",
             Metric::GeneratedKeyInUse(_) => "mcp_jwt_signer.generated_key_in_use",
             Metric::Refused(reason) => return Cow::Owned(format!("{METRIC_PREFIX}.refused.{reason}")),
@@ -218,8 +226,10 @@ pub struct Effects {
     pub audit: Vec<(&'static str, Value)>,
 }
 
-/// An HTTP request the filter makes itself (e.g. RFC 7662 token introspection), through an Envoy cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An HTTP request the filter makes itself (e.g. RFC 7662 token introspection), through an Envoy cluster. Its
+/// `Debug` shows neither the body nor the `authorization` header: they carry the client's token and the gateway's
+/// credentials.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Callout {
     /// The Envoy cluster to send it to.
     pub cluster: String,
@@ -229,6 +239,25 @@ pub struct Callout {
     pub body: Vec<u8>,
     /// Give up after this long.
     pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for Callout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| match k.eq_ignore_ascii_case("authorization") {
+                true => (k.as_str(), "<redacted>"),
+                false => (k.as_str(), v.as_str()),
+            })
+            .collect();
+        f.debug_struct("Callout")
+            .field("cluster", &self.cluster)
+            .field("headers", &headers)
+            .field("body", &format_args!("<{} bytes>", self.body.len()))
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
 }
 
 /// The answer to a [`Callout`].

@@ -3,11 +3,15 @@
 //!
 //! ```text
 //! headers ──► gate: well-known path? method? encoding? size? ──► serve / refuse
-//!    │  (client's Authorization and identity headers removed; the route read before any edit)
+//!    │  (the route read before any edit; client's Authorization removed unless the route forwards it, identity
+//!    │   headers removed; the bearer token kept in memory only when introspection is configured)
 //!    ▼
 //! body, buffered to end of stream ──► strict MCP parse ──► routing headers match the body?
 //!    ▼
-//! authorise (allow-list, required identity) ──► claims ──► token (cache or sign) ──► set the token header
+//! introspection of the bearer token (cache, or a callout the request waits for) ──► 401 / 503 / result
+//!    ▼
+//! authorise (allow-list, required identity, delegation) ──► claims ──► token (cache or sign)
+//!    ──► set the token header (and the channel token, the debug header)
 //!    ▼
 //! (router: matches the route again on the edited headers)
 //!    ▼
@@ -16,18 +20,24 @@
 //!
 //! Any refusal ends the request with a JSON-RPC error; nothing is forwarded.
 
+mod debug;
 mod gate;
 mod guard;
+mod introspect;
 mod respond;
 mod route;
 mod routing_headers;
 mod sign;
+mod upstream;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_parity;
 
 pub use gate::{issuer_for, on_body, on_headers, BodyPlan, HeadDecision, RequestHead};
 pub use guard::{RouteGuard, GUARD_ROOT_ID};
+pub use introspect::{judge, Bearer, BearerToken, Outcome};
 pub use route::{RouteKey, RouteSettings, ROUTE_HEADER, ROUTE_METADATA_NAMESPACE, ROUTE_METADATA_PATH};
 pub use routing_headers::{call_from_headers, check_routing_headers};
 pub use sign::{authorize, token_for, SignRequest, Token};
@@ -109,9 +119,14 @@ fn challenge_for(config: &crate::config::Config, path: &str) -> Challenge {
 
 /// jwt_authn let a failed token through (`allow_missing_or_failed`) and recorded why under
 /// `jwt_failure_in_metadata`: the client presented a token, and it is not good. A missing token is not a failure
-/// here (the request goes on, and `require_subject` or step-up challenge it if they need a token).
+/// here (the request goes on, and `require_subject` or step-up challenge it if they need a token). With
+/// `introspection` configured, a token jwt_authn could not verify (an opaque token, or a JWT of an issuer it does
+/// not know) is left to introspection: the authorization server decides, and an inactive token is refused there.
 fn incoming_token_failure(config: &crate::config::Config, host: &dyn Host) -> Option<Refusal> {
     let name = config.authorization.jwt_failure_in_metadata.as_deref()?;
+    if config.introspection.is_some() {
+        return None;
+    }
     let status = match host.attribute(&["metadata", "filter_metadata", crate::config::JWT_AUTHN_NAMESPACE, name]) {
         Ok(Some(status)) => status,
         Ok(None) => return None,
@@ -136,9 +151,12 @@ fn incoming_token_failure(config: &crate::config::Config, host: &dyn Host) -> Op
 }
 
 /// What the request carries forward from its headers.
+#[derive(Clone)]
 struct Head {
     /// The request headers as they arrived, minus the client's `authorization`.
     headers: Headers,
+    /// The client's bearer token, kept only when introspection is configured (its `Debug` hides it).
+    bearer: introspect::Bearer,
     /// The issuer for this request.
     issuer: Issuer,
     /// The route's settings, read before any header edit (a refusal is reported when the request is signed).
@@ -153,6 +171,8 @@ enum Phase {
     Start,
     /// Buffering the body.
     Body(Box<Head>, BodyPlan),
+    /// Waiting for the introspection endpoint's answer.
+    Introspecting(Box<introspect::Pending>),
     /// Forwarded or answered: nothing more to do.
     Done,
 }
@@ -245,11 +265,11 @@ impl Request {
         let plugin = self.plugin.clone();
         let config = &plugin.config;
         let mut edits = Vec::new();
-        // No token passthrough: whatever the client sent (every copy) is dropped before anything else happens.
-        if headers.contains("authorization") {
-            edits.push(HeaderEdit::Remove("authorization"));
-            headers.remove("authorization");
-        }
+        // The client's bearer token is kept in memory for introspection only; the request's own copy of the headers
+        // never holds it. Whether the request upstream keeps it is decided below, once the route is known.
+        let bearer = introspect::bearer(config, &headers);
+        let had_authorization = headers.contains("authorization");
+        headers.remove("authorization");
         let tls = || matches!(host.attribute(&gate::TLS_VERSION_PATH), Ok(Some(_)));
         let issuer = match issuer_for(config, tls, headers.first(":authority").unwrap_or_default()) {
             Ok(issuer) => issuer,
@@ -287,6 +307,10 @@ impl Request {
         // The route as it is before the filter edits anything (one read per part).
         let route_key = RouteKey::read(host);
         let route = route_key.settings();
+        // No token passthrough: the client's authorization (every copy) is dropped unless the route forwards it,
+        // and the client's copies of the headers the filter writes are dropped.
+        let delivery = upstream::headers_phase_delivery(config, route.as_ref().ok());
+        edits.extend(upstream::client_edits(&delivery, &headers, had_authorization));
         // Only the identity headers present in the request are removed (each removal is a host call).
         for name in &config.stripped_headers {
             if headers.contains(name) {
@@ -315,6 +339,7 @@ impl Request {
         };
         let head = Box::new(Head {
             headers,
+            bearer,
             issuer,
             route,
             route_key,
@@ -366,19 +391,49 @@ impl Request {
             Ok(route) => route,
             Err(refusal) => return self.refuse(refusal.clone(), Effects::default()),
         };
+        if let Err(refusal) = upstream::delivery(config, Some(route)) {
+            return self.refuse(refusal, Effects::default());
+        }
+        match self.before_signing(head, &call, host) {
+            introspect::Before::Sign(introspection, effects) => {
+                self.mint(head, &call, introspection.as_ref(), effects, host)
+            }
+            introspect::Before::Step(step) => step,
+        }
+    }
+
+    /// Authorise and sign, once the incoming token (if any) is known: the token and the headers that carry it.
+    fn mint(
+        &mut self,
+        head: &Head,
+        call: &Call,
+        introspection: Option<&Value>,
+        mut effects: Effects,
+        host: &dyn Host,
+    ) -> Step {
+        let plugin = self.plugin.clone();
+        let config = &plugin.config;
+        let (route, delivery) = match &head.route {
+            Ok(route) => match upstream::delivery(config, Some(route)) {
+                Ok(delivery) => (route, delivery),
+                Err(refusal) => return self.refuse(refusal, effects),
+            },
+            Err(refusal) => return self.refuse(refusal.clone(), effects),
+        };
         let Some(signer) = plugin.keys.signer(host) else {
-            return self.refuse(Refusal::KeyUnavailable, Effects::default());
+            return self.refuse(Refusal::KeyUnavailable, effects);
         };
         let Some(started_us) = host.now_micros() else {
-            return self.refuse(Refusal::Internal("clock unavailable"), Effects::default());
+            return self.refuse(Refusal::Internal("clock unavailable"), effects);
         };
         let request = SignRequest {
             config,
             issuer: &head.issuer,
-            call: &call,
+            call,
             route,
             headers: &head.headers,
             host,
+            introspection,
         };
         let token = {
             let mut cache = plugin.cache.borrow_mut();
@@ -388,12 +443,9 @@ impl Request {
         };
         let token = match token {
             Ok(token) => token,
-            Err(refusal) => return self.refuse(refusal, Effects::default()),
+            Err(refusal) => return self.refuse(refusal, effects),
         };
-        let mut effects = Effects {
-            audit: audit(config, signed_fields(&call, &token, signer.kid())),
-            ..Effects::default()
-        };
+        effects.audit = audit(config, signed_fields(call, &token, signer.kid()));
         if token.from_cache {
             effects.metrics.push(Metric::TokenCacheHits);
             if token.shared {
@@ -408,12 +460,15 @@ impl Request {
             }
         }
         self.phase = Phase::Done;
+        let debug = delivery
+            .debug_header
+            .and_then(|_| debug::payload_of(&token.jwt))
+            .map(|claims| debug::summary(signer.kid(), &claims));
+        let mut edits = upstream::token_edits(&delivery, &token.jwt, token.channel.as_deref(), debug);
+        // The route guard compares it with the route the request really takes.
+        edits.push(HeaderEdit::Set(ROUTE_HEADER, head.route_key.fingerprint()));
         Step {
-            edits: vec![
-                HeaderEdit::Set("authorization", format!("Bearer {}", token.jwt)),
-                // The route guard compares it with the route the request really takes.
-                HeaderEdit::Set(ROUTE_HEADER, head.route_key.fingerprint()),
-            ],
+            edits,
             effects,
             next: Next::Continue,
         }
@@ -445,7 +500,9 @@ impl HttpFilter for Request {
                 self.sign_body(&head, &plan, &body, host)
             }
             Phase::Done => Step::just(Next::Continue),
-            Phase::Start => self.refuse(Refusal::Internal("body outside the body phase"), Effects::default()),
+            Phase::Start | Phase::Introspecting(_) => {
+                self.refuse(Refusal::Internal("body outside the body phase"), Effects::default())
+            }
         }
     }
 
@@ -461,10 +518,13 @@ impl HttpFilter for Request {
         self.refuse(Refusal::Internal(what), Effects::default())
     }
 
-    fn on_callout_response(&mut self, _host: &dyn Host, _response: Option<CalloutResponse>) -> Step {
-        self.refuse(
-            Refusal::Internal("a callout the filter did not make"),
-            Effects::default(),
-        )
+    fn on_callout_response(&mut self, host: &dyn Host, response: Option<CalloutResponse>) -> Step {
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Introspecting(pending) => self.introspected(*pending, response, host),
+            _ => self.refuse(
+                Refusal::Internal("a callout the filter did not make"),
+                Effects::default(),
+            ),
+        }
     }
 }

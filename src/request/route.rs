@@ -1,17 +1,28 @@
 //! Per-route settings from the matched route's metadata (namespace [`ROUTE_METADATA_NAMESPACE`]):
-//! `metadata: {filter_metadata: {mcp_jwt_signer: {audience: ..., allowed_tools: [...]}}}`.
+//! `metadata: {filter_metadata: {mcp_jwt_signer: {audience: ..., allowed_tools: [...], fixed_scopes: [...],
+//! token_header: ..., client_authorization: ...}}}`.
 
 use std::collections::BTreeSet;
 
 use serde_json::Value;
 
 use crate::config::ScopeSource;
+use crate::config::scopes::check_scope_list;
+use crate::config::upstream::writable_header_name;
+use crate::config::ClientAuthorization;
 use crate::host::{Host, Unavailable};
 use crate::mcp;
 use crate::refusal::Refusal;
 
 /// The keys route metadata may hold.
-pub const ROUTE_KEYS: [&str; 3] = ["audience", "allowed_tools", "scope_source"];
+pub const ROUTE_KEYS: [&str; 6] = [
+    "audience",
+    "allowed_tools",
+    "scope_source",
+    "fixed_scopes",
+    "token_header",
+    "client_authorization",
+];
 
 /// Route metadata namespace read by the filter.
 pub const ROUTE_METADATA_NAMESPACE: &str = "mcp_jwt_signer";
@@ -85,7 +96,14 @@ pub struct RouteSettings {
     pub allowed_tools: Option<BTreeSet<String>>,
     /// Where this route's tokens are scoped from; `None`: the plugin's `scope_source`.
     pub scope_source: Option<ScopeSource>,
+    /// `scope` for this route's tokens instead of the computed one (and of the plugin's `fixed_scopes`).
+    pub fixed_scopes: Option<Vec<String>>,
+    /// The header this route's token goes in, instead of the plugin's `token_header` (lower case).
+    pub token_header: Option<String>,
+    /// What becomes of the client's `Authorization` on this route, instead of the plugin's setting.
+    pub client_authorization: Option<ClientAuthorization>,
 }
+
 
 impl RouteSettings {
     /// Decodes the route's whole metadata namespace for this filter (`None`: the route sets none). Unknown keys
@@ -106,10 +124,48 @@ impl RouteSettings {
         };
         if map.keys().any(|k| !ROUTE_KEYS.contains(&k.as_str())) {
             return Err(Refusal::BadRouteMetadata(
-                "route metadata `mcp_jwt_signer` has a key other than `audience`, `allowed_tools` and `scope_source`",
+                "route metadata `mcp_jwt_signer` has a key other than `audience`, `allowed_tools`, `scope_source`, \
+                 `fixed_scopes`, `token_header` and `client_authorization`",
             ));
         }
         let mut settings = Self::from_values(map.get("audience"), map.get("allowed_tools"))?;
+        settings.fixed_scopes = match map.get("fixed_scopes") {
+            None => None,
+            Some(value) => {
+                let items = match value {
+                    Value::Array(items) => items.as_slice(),
+                    Value::String(_) => std::slice::from_ref(value),
+                    _ => {
+                        return Err(Refusal::BadRouteMetadata(
+                            "route metadata `fixed_scopes` must be a list",
+                        ))
+                    }
+                };
+                let scopes: Option<Vec<String>> = items.iter().map(|v| v.as_str().map(str::to_string)).collect();
+                let scopes = scopes.ok_or(Refusal::BadRouteMetadata(
+                    "route metadata `fixed_scopes` must list strings",
+                ))?;
+                check_scope_list(scopes.iter().map(String::as_str)).map_err(Refusal::BadRouteMetadata)?;
+                Some(scopes)
+            }
+        };
+        settings.token_header = match map.get("token_header") {
+            None => None,
+            Some(Value::String(name)) => Some(writable_header_name(name).map_err(|_| {
+                Refusal::BadRouteMetadata("route metadata `token_header` is not a header the filter may write")
+            })?),
+            Some(_) => {
+                return Err(Refusal::BadRouteMetadata(
+                    "route metadata `token_header` must be a string",
+                ))
+            }
+        };
+        settings.client_authorization = match map.get("client_authorization") {
+            None => None,
+            Some(value) => Some(value.as_str().and_then(ClientAuthorization::parse).ok_or(
+                Refusal::BadRouteMetadata("route metadata `client_authorization` must be \"strip\" or \"forward\""),
+            )?),
+        };
         settings.scope_source = match map.get("scope_source") {
             None => None,
             Some(Value::String(text)) => Some(ScopeSource::parse(text).ok_or(Refusal::BadRouteMetadata(
@@ -155,7 +211,7 @@ impl RouteSettings {
         Ok(RouteSettings {
             audience,
             allowed_tools,
-            scope_source: None,
+            ..RouteSettings::default()
         })
     }
 }
@@ -164,6 +220,22 @@ impl RouteSettings {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn delivery_and_fixed_scopes_in_route_metadata() {
+        let ns = json!({"fixed_scopes": ["mcp:tools/call", "weather:read"], "token_header": "X-MCP-Gateway-Token",
+                        "client_authorization": "forward"});
+        let r = RouteSettings::from_namespace(Some(&ns)).unwrap();
+        assert_eq!(r.fixed_scopes.unwrap(), ["mcp:tools/call", "weather:read"]);
+        assert_eq!(r.token_header.as_deref(), Some("x-mcp-gateway-token"));
+        assert_eq!(r.client_authorization, Some(ClientAuthorization::Forward));
+        // Envoy cannot tell a one-element list from a string: both are read as one scope.
+        let one = json!({"fixed_scopes": "mcp:tools/call"});
+        assert_eq!(
+            RouteSettings::from_namespace(Some(&one)).unwrap().fixed_scopes.unwrap(),
+            ["mcp:tools/call"]
+        );
+    }
 
     #[test]
     fn route_namespace_decoding() {
@@ -190,6 +262,16 @@ mod tests {
             json!({"audience": 1.0}),
             json!({"audience": ""}),
             json!("x"),
+            json!({"fixed_scopes": []}),
+            json!({"fixed_scopes": ["a b"]}),
+            json!({"fixed_scopes": ["a", "a"]}),
+            json!({"fixed_scopes": [1]}),
+            json!({"fixed_scopes": {"a": 1}}),
+            json!({"token_header": "content-length"}),
+            json!({"token_header": "a b"}),
+            json!({"token_header": 1}),
+            json!({"client_authorization": "pass"}),
+            json!({"client_authorization": true}),
         ] {
             assert!(RouteSettings::from_namespace(Some(&bad)).is_err(), "{bad}");
         }

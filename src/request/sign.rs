@@ -1,5 +1,7 @@
-//! Authorise and sign: the route allow-list, `require_subject` and `required_claims`, the claim set, and the
-//! token (from the worker's cache when an identical claim set was signed recently, else minted now).
+//! Authorise and sign: the route allow-list, `require_subject` and `required_claims`, the claim set (with the
+//! route's or the plugin's `fixed_scopes`, and the incoming token's delegation chain), and the token (from the
+//! worker's cache when an identical claim set was signed recently, else minted now), with its channel token when
+//! `channel_token` is configured.
 
 use std::collections::BTreeSet;
 
@@ -7,10 +9,13 @@ use crate::cache::{Cached, Lookup, TokenCache};
 use crate::claims::{self, Call, ClaimInputs, TimelessClaims};
 use crate::config::{Config, Issuer, Source};
 use crate::crypto::{jws, Signer};
+use crate::delegation;
 use crate::host::{Headers, Host};
-use crate::identity::Resolver;
+use crate::identity::{claim_at, Resolver};
 use crate::refusal::Refusal;
 use crate::shared_cache::{self, Found, SharedKey};
+
+use serde_json::{json, Value};
 
 use super::route::RouteSettings;
 
@@ -28,6 +33,8 @@ pub struct SignRequest<'a> {
     pub headers: &'a Headers,
     /// Envoy attributes (jwt_authn payload, mTLS peer, properties).
     pub host: &'a dyn Host,
+    /// The introspection result of the client's token, when it was introspected.
+    pub introspection: Option<&'a Value>,
 }
 
 /// Authorisation (route allow-list, `require_subject`, `required_claims`) and the claims, without crypto.
@@ -47,6 +54,7 @@ pub fn authorize(req: &SignRequest<'_>) -> Result<TimelessClaims, Refusal> {
         host: req.host,
         jwt_payload: &config.jwt_payload_in_metadata,
         client_info,
+        introspection: req.introspection,
     };
     let identity = resolver.identity(&config.identity).map_err(Refusal::Identity)?;
     step_up(config, req.call, &resolver, identity.subject.is_some())?;
@@ -55,8 +63,10 @@ pub fn authorize(req: &SignRequest<'_>) -> Result<TimelessClaims, Refusal> {
     }
     for claim in &config.required_claims {
         if resolver.value(claim).map_err(Refusal::Identity)?.is_none() {
-            let Source::Jwt(path) = claim else { continue };
-            return Err(Refusal::MissingClaim(path.join("/")));
+            return Err(Refusal::MissingClaim(match claim {
+                Source::Jwt(path) => path.join("/"),
+                other => other.describe(),
+            }));
         }
     }
     let mut copied = Vec::with_capacity(config.claims.copy.len());
@@ -65,17 +75,66 @@ pub fn authorize(req: &SignRequest<'_>) -> Result<TimelessClaims, Refusal> {
             copied.push((name.clone(), value));
         }
     }
-    Ok(TimelessClaims::build(
+    let audience = req.route.audience.as_deref().unwrap_or(&config.audience);
+    if config
+        .upstream
+        .channel_token
+        .as_ref()
+        .is_some_and(|c| c.audience == audience)
+    {
+        return Err(Refusal::BadRouteMetadata(
+            "the route's audience is channel_token.audience: a channel token must not be usable as an access token",
+        ));
+    }
+    let scope = match req.route.fixed_scopes.as_ref().or(config.fixed_scopes.as_ref()) {
+        Some(fixed) => fixed.join(" "),
+        None => claims::scope(req.call),
+    };
+    let mut timeless = TimelessClaims::build(
         ClaimInputs {
             issuer: &req.issuer.url,
-            audience: req.route.audience.as_deref().unwrap_or(&config.audience),
+            audience,
             default_actor: &config.actor,
             identity: &identity,
-            scope: claims::scope(req.call),
+            scope,
             copied,
         },
         &config.claims,
-    ))
+    );
+    delegate(req, &resolver, &mut timeless)?;
+    Ok(timeless)
+}
+
+/// RFC 8693 delegation: the incoming token's `may_act` must allow this gateway's actor, and its `act` is nested in
+/// the minted one. The incoming token is the introspected one, else jwt_authn's verified payload.
+fn delegate(req: &SignRequest<'_>, resolver: &Resolver<'_>, timeless: &mut TimelessClaims) -> Result<(), Refusal> {
+    let settings = req.config.delegation;
+    if !settings.nest_act && !settings.enforce_may_act {
+        return Ok(());
+    }
+    let incoming = |name: &str| -> Result<Option<Value>, Refusal> {
+        match req.introspection {
+            Some(doc) => Ok(claim_at(doc, &[name.to_string()]).cloned()),
+            None => resolver
+                .value(&Source::Jwt(vec![name.to_string()]))
+                .map_err(Refusal::Identity),
+        }
+    };
+    let actor = timeless
+        .0
+        .get("act")
+        .and_then(|act| act.get("sub"))
+        .and_then(Value::as_str)
+        .unwrap_or(&req.config.actor)
+        .to_string();
+    if settings.enforce_may_act {
+        delegation::check_may_act(incoming("may_act")?.as_ref(), &actor).map_err(Refusal::Delegation)?;
+    }
+    if settings.nest_act {
+        let act = delegation::minted_act(&actor, incoming("act")?.as_ref()).map_err(Refusal::Delegation)?;
+        timeless.0.insert("act".into(), act);
+    }
+    Ok(())
 }
 
 /// The incoming scopes a call needs: the union of `required_incoming_scopes` over its methods, tools and prompts.
@@ -143,13 +202,15 @@ fn step_up(config: &Config, call: &Call, resolver: &Resolver<'_>, has_subject: b
 pub struct Token {
     /// The compact JWS.
     pub jwt: String,
+    /// The channel token (the same claims, its own `aud`, lifetime and `jti`), when configured.
+    pub channel: Option<String>,
     /// Reused from a cache (the worker's or the shared one) rather than signed now.
     pub from_cache: bool,
     /// Reused from the cache the workers share (minted by another worker, or before this worker's cache had it).
     pub shared: bool,
     /// Its `jti`.
     pub jti: String,
-    /// Its `exp`.
+    /// Its `exp` (with a channel token, the earlier of the two tokens' `exp`: the pair is reused until then).
     pub exp: u64,
     /// The claims that do not depend on time (`sub`, `act`, `aud`, ...), for the audit fields.
     pub claims: TimelessClaims,
@@ -157,8 +218,14 @@ pub struct Token {
 
 impl Token {
     fn cached(hit: Cached, shared: bool, claims: TimelessClaims) -> Token {
+        // With a channel token, one entry holds both, separated by a space (never part of a JWS).
+        let (jwt, channel) = match hit.jwt.split_once(' ') {
+            Some((jwt, channel)) => (jwt.to_string(), Some(channel.to_string())),
+            None => (hit.jwt, None),
+        };
         Token {
-            jwt: hit.jwt,
+            jwt,
+            channel,
             from_cache: true,
             shared,
             jti: hit.jti,
@@ -168,13 +235,14 @@ impl Token {
     }
 }
 
-/// A token for the request: from the cache when one with the same claims has enough life left, else signed now.
+/// A token for the request: from the worker's cache, else from the cache the workers share, when one with the
+/// same claims has enough life left; else signed now (and published to both caches).
 pub fn token_for(
     req: &SignRequest<'_>,
     cache: &mut TokenCache,
     signer: &Signer,
     now: u64,
-    new_jti: impl FnOnce() -> Option<String>,
+    mut new_jti: impl FnMut() -> Option<String>,
 ) -> Result<Token, Refusal> {
     let timeless = authorize(req)?;
     // The key includes the signing key's id: after a key change no token of the old key is served.
@@ -200,36 +268,57 @@ pub fn token_for(
     }
     let jti = new_jti().ok_or(Refusal::Internal("random source unavailable"))?;
     let claims = timeless.stamp(now, req.config.ttl_seconds, jti.clone(), &req.config.claims);
-    let exp = claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(now);
-    let jwt = match jws::encode_within(&claims, signer, req.config.max_token_bytes) {
-        Ok(jwt) => jwt,
-        Err(jws::JwtError::TooLarge(bytes)) => {
-            return Err(Refusal::TokenTooLarge {
-                bytes,
-                limit: req.config.max_token_bytes,
-            })
+    let mut exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(now);
+    let jwt = sign_within(&claims, signer, req.config.max_token_bytes)?;
+    let channel = match &req.config.upstream.channel_token {
+        None => None,
+        Some(settings) => {
+            // The access token's claims (shaping applied), with the channel's own audience, lifetime and jti.
+            let mut channel = claims.clone();
+            let channel_exp = now.saturating_add(settings.ttl_seconds);
+            channel.insert("aud".into(), json!(settings.audience));
+            channel.insert("exp".into(), json!(channel_exp));
+            channel.insert(
+                "jti".into(),
+                json!(new_jti().ok_or(Refusal::Internal("random source unavailable"))?),
+            );
+            exp = exp.min(channel_exp);
+            Some(sign_within(&channel, signer, req.config.max_token_bytes)?)
         }
-        Err(_) => return Err(Refusal::Internal("signing failed")),
     };
-    if let Some(key) = key {
-        cache.insert(key, jwt.clone(), jti.clone(), exp);
-    }
-    if let Some(shared) = &shared {
+    if key.is_some() {
         let minted = Cached {
-            jwt: jwt.clone(),
+            jwt: match &channel {
+                Some(channel) => format!("{jwt} {channel}"),
+                None => jwt.clone(),
+            },
             jti: jti.clone(),
             exp,
         };
-        shared_cache::publish(req.host, &req.config.token_cache, shared, &found, &minted);
+        if let Some(shared) = &shared {
+            shared_cache::publish(req.host, &req.config.token_cache, shared, &found, &minted);
+        }
+        if let Some(key) = key {
+            cache.insert(key, minted.jwt, minted.jti, minted.exp);
+        }
     }
     Ok(Token {
         jwt,
+        channel,
         from_cache: false,
         shared: false,
         jti,
         exp,
         claims: timeless,
     })
+}
+
+fn sign_within(claims: &serde_json::Map<String, Value>, signer: &Signer, max: usize) -> Result<String, Refusal> {
+    match jws::encode_within(claims, signer, max) {
+        Ok(jwt) => Ok(jwt),
+        Err(jws::JwtError::TooLarge(bytes)) => Err(Refusal::TokenTooLarge { bytes, limit: max }),
+        Err(_) => Err(Refusal::Internal("signing failed")),
+    }
 }
 
 #[cfg(test)]
@@ -239,7 +328,6 @@ mod tests {
     use crate::crypto::Algorithm;
     use crate::host::fake::FakeHost;
     use crate::mcp;
-    use serde_json::{json, Value};
     use std::collections::BTreeSet;
     use std::sync::OnceLock;
 
@@ -298,6 +386,7 @@ mod tests {
                 route: &self.route,
                 headers,
                 host,
+                introspection: None,
             })
         }
 
@@ -310,6 +399,7 @@ mod tests {
                 route: &self.route,
                 headers,
                 host: &host,
+                introspection: None,
             };
             token_for(&req, cache, signer(), now, || claims::new_jti().ok()).unwrap()
         }
@@ -356,7 +446,7 @@ mod tests {
         s.route = RouteSettings {
             audience: Some("https://weather.example.com/mcp".into()),
             allowed_tools: Some(BTreeSet::from(["get_weather".to_string()])),
-            scope_source: None,
+            ..RouteSettings::default()
         };
         let (none, host) = (Headers::default(), FakeHost::default());
         let c = s.authorize(&tools_call("get_weather"), &none, &host).unwrap().0;

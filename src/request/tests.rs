@@ -429,6 +429,7 @@ fn a_missing_key_is_refused_503() {
             uses: Default::default(),
         },
         cache: std::cell::RefCell::new(crate::cache::TokenCache::new(p.config.token_cache)),
+        introspection: None,
     });
     let e = exchange(&fresh, &host, &Req::post(TOOLS_CALL));
     assert_refused(&e, 503, -32603, "key_unavailable");

@@ -14,7 +14,6 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel as WasmLogLevel, MapType, MetricType, Status};
 use serde_json::Value;
 
-use crate::config::SIGNING_KEY_ENV;
 use crate::envoy_value;
 use crate::host::{
     CalloutResponse, Effects, HeaderEdit, Headers, Host, HttpFilter, LogLevel, Metric, MetricKind, Next,
@@ -185,8 +184,9 @@ impl RootContext for PluginRoot {
             log::info!("route guard ready");
             return true;
         }
-        let env_key = std::env::var(SIGNING_KEY_ENV).ok();
-        match Plugin::load(&bytes, env_key.as_deref(), &WasmHost) {
+        // Only the variables the configuration names are read (the signing key's, the introspection credentials').
+        let env = |name: &str| std::env::var(name).ok();
+        match Plugin::load_with_env(&bytes, &env, &WasmHost) {
             Ok(loaded) => {
                 for (level, line) in &loaded.logs {
                     log(*level, line);
@@ -198,6 +198,8 @@ impl RootContext for PluginRoot {
                     Metric::DiscoveryServed,
                     Metric::JwksServed,
                     Metric::ProtectedResourceServed,
+                    Metric::Introspections,
+                    Metric::IntrospectionCacheHits,
                     Metric::SignDurationUs(0),
                 ] {
                     self.metrics.id(&metric);
@@ -243,6 +245,7 @@ fn apply(edit: &HeaderEdit) -> Result<(), Status> {
         HeaderEdit::Remove(name) => hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None),
         HeaderEdit::RemoveNamed(name) => hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None),
         HeaderEdit::Set(name, value) => hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)),
+        HeaderEdit::SetNamed(name, value) => hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)),
     }
 }
 
@@ -297,6 +300,7 @@ impl Context for WasmRequest {
             headers,
         });
         let step = self.request.on_callout_response(&WasmHost, response);
+        // Signed: let the paused request go on. Refused: the local response has been sent.
         if let Action::Continue = self.carry_out(step) {
             let _ = hostcalls::resume_http_request();
         }
