@@ -18,7 +18,9 @@ DOC_GLOBS = ["README.md", "docs/**/*.md", "deploy/**/README.md", "bench/README.m
 
 # The roles a fenced block may carry, by language; `None`: a block that is only shown, never run.
 ROLES = {
-    "yaml": {"envoy", "istio", None},
+    # jwt-authn and route-metadata: the parts of docs/coming-from-litellm.md's examples that tests/e2e/test_parity.py
+    # puts into the gateway beside their plugin-config blocks (a provider of Envoy's jwt_authn, a route's metadata).
+    "yaml": {"envoy", "istio", "jwt-authn", "route-metadata", None},
     "json": {"plugin-config", "discovery", "jwks"},
     "python": {"verifier", "server"},
     "text": {"envoy-log", None},

@@ -303,6 +303,11 @@ def _serves_jwks(url: str, config: dict) -> str | None:
     return None
 
 
+def b_env(block) -> str | None:
+    """A block's `env=` attribute: the environment its example needs."""
+    return block.attrs.get("env")
+
+
 def test_plugin_config_snippets_load(placeholders, tmp_path):
     """All accepted snippets in one Envoy, one listener (and VM) each; each must serve its JWKS."""
     configs = [(b, docs.fill(b.text, placeholders, b.where)) for b in ACCEPTED]
@@ -318,6 +323,11 @@ def test_plugin_config_snippets_load(placeholders, tmp_path):
             wasm = _listener_wasm_config(listener)
             wasm["configuration"]["value"] = text
             wasm["vm_config"]["vm_id"] = f"docs_{i}"
+            if b_env(configs[i][0]) == "introspection":
+                # The example names the environment variables holding the gateway's client credentials at the
+                # authorization server; the filter refuses to start without them (what the text says).
+                wasm["vm_config"]["environment_variables"] = {"key_values": {
+                    "MCP_JWT_INTROSPECTION_CLIENT_ID": "docs-gateway", "MCP_JWT_INTROSPECTION_CLIENT_SECRET": "docs"}}
             cfg["static_resources"]["listeners"].append(listener)
 
     with RecordingUpstream() as up:
