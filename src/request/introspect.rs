@@ -211,7 +211,10 @@ pub fn judge(settings: &Introspection, response: Option<&CalloutResponse>, now: 
 fn remember(state: &IntrospectionState, settings: &Introspection, key: String, doc: &Value, now: u64) {
     let limit = now.saturating_add(settings.cache.max_seconds);
     let until = number(doc, "exp").ok().flatten().map_or(limit, |exp| exp.min(limit));
-    state.cache.borrow_mut().insert(key, doc.to_string(), String::new(), until);
+    state
+        .cache
+        .borrow_mut()
+        .insert(key, doc.to_string(), String::new(), until);
 }
 
 /// A request waiting for its introspection answer.

@@ -6,10 +6,10 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::config::ScopeSource;
 use crate::config::scopes::check_scope_list;
 use crate::config::upstream::writable_header_name;
 use crate::config::ClientAuthorization;
+use crate::config::ScopeSource;
 use crate::host::{Host, Unavailable};
 use crate::mcp;
 use crate::refusal::Refusal;
@@ -103,7 +103,6 @@ pub struct RouteSettings {
     /// What becomes of the client's `Authorization` on this route, instead of the plugin's setting.
     pub client_authorization: Option<ClientAuthorization>,
 }
-
 
 impl RouteSettings {
     /// Decodes the route's whole metadata namespace for this filter (`None`: the route sets none). Unknown keys

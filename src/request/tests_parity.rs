@@ -796,14 +796,23 @@ fn with_introspection_a_token_jwt_authn_failed_is_left_to_the_authorization_serv
         json!({"active": true, "client_id": "svc", "exp": NOW + 300}),
     );
     let failed = json!({"code": 16, "message": "Jwt is not in the form of Header.Payload.Signature"});
-    let host = server
-        .host()
-        .attribute("metadata/filter_metadata/envoy.filters.http.jwt_authn/jwt_failure", failed);
+    let host = server.host().attribute(
+        "metadata/filter_metadata/envoy.filters.http.jwt_authn/jwt_failure",
+        failed,
+    );
     let p = plugin(&introspecting(r#""jwt_failure_in_metadata":"jwt_failure""#), &host);
-    let ok = exchange(&p, &host, &Req::post(TOOLS_CALL).header("authorization", format!("Bearer {OPAQUE}")));
+    let ok = exchange(
+        &p,
+        &host,
+        &Req::post(TOOLS_CALL).header("authorization", format!("Bearer {OPAQUE}")),
+    );
     let claims = verify(&p, &host, &bearer_in(&ok, "authorization"), "mcp").unwrap();
     assert_eq!(claims["sub"], "svc");
-    let unknown = exchange(&p, &host, &Req::post(TOOLS_CALL).header("authorization", "Bearer not-known-here"));
+    let unknown = exchange(
+        &p,
+        &host,
+        &Req::post(TOOLS_CALL).header("authorization", "Bearer not-known-here"),
+    );
     assert_refused(&unknown, 401, -32001, "invalid_token");
     assert_eq!(unknown.callouts.len(), 1, "asked the authorization server");
 }
