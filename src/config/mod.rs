@@ -647,6 +647,23 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_field_is_named_once_then_the_fields_serde_expected() {
+        let e = parse(r#"{"audiance":"x"}"#).unwrap_err();
+        assert!(
+            e.reason
+                .starts_with("unknown field `audiance`, expected one of `issuer`, `audience`"),
+            "{}",
+            e.reason
+        );
+        let e = parse(r#"{"identity":{"subjekt":[]}}"#).unwrap_err();
+        assert!(
+            e.reason.starts_with("unknown field `subjekt`, expected one of `"),
+            "{}",
+            e.reason
+        );
+    }
+
+    #[test]
     fn not_json_is_refused() {
         assert!(parse("{").is_err());
         assert!(parse("[]").is_err());
