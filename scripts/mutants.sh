@@ -7,6 +7,7 @@
 #   make mutants MUTANTS_FILES="src/cache.rs src/mcp/*.rs"   mutants of these files (globs, as cargo-mutants -f)
 #   make mutants-all                      every mutant of the crate (hours on a 2-core machine)
 #   MUTANTS_JOBS=2                        two trees side by side, each testing one shard (default 1)
+#   MUTANTS_ARGS="--re cache_key"         more cargo-mutants options, split on whitespace (e.g. --re / --exclude-re)
 #
 # The mutated code never touches this checkout: each job tests mutants in place in its own copy of the tracked
 # files under target/mutants-tree-<n>/, whose target directory stays warm between runs (a copy made fresh would
@@ -82,7 +83,10 @@ for ((job = 0; job < JOBS; job++)); do
     rm -rf "$out" && mkdir -p "$out"
     shard=()
     [ "$JOBS" -gt 1 ] && shard=(--shard "$job/$JOBS")
-    (cd "$tree" && "$BIN" mutants --in-place "${shard[@]}" -o "$out" "${select[@]}" \
+    extra=()
+    read -ra extra <<<"${MUTANTS_ARGS:-}" # split on whitespace: no quoting inside MUTANTS_ARGS
+    (cd "$tree" && "$BIN" mutants --in-place ${shard[@]+"${shard[@]}"} -o "$out" ${select[@]+"${select[@]}"} \
+        ${extra[@]+"${extra[@]}"} \
         -- "${test_args[@]}") >"$out/run.log" 2>&1 &
     pids+=($!)
     echo "job $job: $tree, log $out/run.log"
@@ -93,6 +97,7 @@ for ((job = 0; job < JOBS; job++)); do
     wait "${pids[$job]}" || status=$?
     echo "job $job: $(grep -E '^[0-9]+ mutants tested' "target/mutants-out/$job/run.log" || tail -n 3 "target/mutants-out/$job/run.log")"
 done
+python3 scripts/mutants_score.py target/mutants-out/*/mutants.out || true
 for kind in missed timeout; do
     cat target/mutants-out/*/mutants.out/$kind.txt 2>/dev/null | sed "s/^/$kind: /"
 done
