@@ -16,6 +16,7 @@ OCI_DIR    := target/oci/mcp-jwt-signer
 FUZZ_SECONDS ?= 15
 
 .PHONY: all build target venv test unit lint e2e run bench bench-status oci schemas tools prometheus node-deps oauth-deps \
+        mutants mutants-all \
         ts-server go-tools fuzz supply-chain clean
 
 all: build
@@ -137,3 +138,13 @@ clean:
 .PHONY: test-envoy-matrix
 test-envoy-matrix: build venv
 	$(VPY) scripts/envoy-matrix.py --versions $(or $(ENVOY_MATRIX),latest)
+
+## mutants: mutation testing (cargo-mutants, pinned, installed into target/tools on first use) of the code changed
+## against main (MUTANTS_BASE), or of MUTANTS_FILES="src/cache.rs src/mcp/*.rs"; MUTANTS_JOBS=2 for two shards.
+## Unit tests only, natively. Minutes for a change set; not part of `make test` (docs/testing.md#mutation-testing)
+mutants:
+	bash scripts/mutants.sh diff
+
+## mutants-all: every mutant of the crate, every test target (hours on a 2-core machine)
+mutants-all:
+	bash scripts/mutants.sh all

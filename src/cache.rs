@@ -197,6 +197,28 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_counts_its_key_token_and_jti() {
+        assert_eq!(entry_size("key", "token", "jti-1"), 3 + 5 + 5 + ENTRY_OVERHEAD_BYTES);
+        let mut c = cache(10, 100_000, 0);
+        assert!(c.is_empty());
+        c.insert("key".into(), "token".into(), "jti-1".into(), 100);
+        assert!(!c.is_empty());
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.bytes(), 3 + 5 + 5 + ENTRY_OVERHEAD_BYTES);
+        assert_eq!(
+            c.get("key", 0),
+            Lookup::Hit(Cached {
+                jwt: "token".into(),
+                jti: "jti-1".into(),
+                exp: 100
+            })
+        );
+        // Replaced: the old entry's bytes are given back.
+        c.insert("key".into(), "token-2".into(), "jti-22".into(), 100);
+        assert_eq!(c.bytes(), 3 + 7 + 6 + ENTRY_OVERHEAD_BYTES);
+    }
+
+    #[test]
     fn different_keys_never_share() {
         let mut c = cache(10, 100_000, 0);
         c.insert("alice|tool-a".into(), "ta".into(), String::new(), 100);

@@ -257,22 +257,74 @@ mod tests {
 
     #[test]
     fn cache_key_ignores_time_and_jti_but_not_claims() {
-        let a = Identity {
+        let alice = Identity {
             subject: Some("alice".into()),
             ..Default::default()
         };
-        let b = Identity {
+        let shaping = ClaimShaping::default();
+        let timeless = TimelessClaims::build(inputs(&alice, vec![]), &shaping);
+        let key = timeless.cache_key().unwrap();
+        // Two tokens of these claims, minted at other times with other jtis, differ in exactly the time claims and
+        // jti, and the key is the JSON of what they have in common: none of those four claims is part of it.
+        let early = timeless.stamp(1000, 300, "jti-1".into(), &shaping);
+        let late = timeless.stamp(2000, 300, "jti-2".into(), &shaping);
+        let differing: Vec<&str> = early
+            .keys()
+            .filter(|k| early[k.as_str()] != late[k.as_str()])
+            .map(String::as_str)
+            .collect();
+        assert_eq!(differing, ["exp", "iat", "jti", "nbf"]);
+        let mut common = early.clone();
+        for claim in differing {
+            common.remove(claim);
+        }
+        assert_eq!(key, serde_json::to_string(&common).unwrap());
+        // Every claim that is not time or jti changes the key.
+        let bob = Identity {
             subject: Some("bob".into()),
             ..Default::default()
         };
-        let shaping = ClaimShaping::default();
-        let ka = TimelessClaims::build(inputs(&a, vec![]), &shaping).cache_key();
-        assert_eq!(ka, TimelessClaims::build(inputs(&a, vec![]), &shaping).cache_key());
-        assert_ne!(ka, TimelessClaims::build(inputs(&b, vec![]), &shaping).cache_key());
-        assert_ne!(
-            ka,
-            TimelessClaims::build(inputs(&a, vec![("g".into(), json!(1))]), &shaping).cache_key()
-        );
+        let mailed = Identity {
+            email: Some("a@x".into()),
+            ..alice.clone()
+        };
+        let acting = Identity {
+            actor: Some("team-1".into()),
+            ..alice.clone()
+        };
+        let added = Config::parse(br#"{"add_claims":{"tenant":"acme"}}"#).unwrap().claims;
+        let variants = [
+            TimelessClaims::build(inputs(&bob, vec![]), &shaping),
+            TimelessClaims::build(inputs(&mailed, vec![]), &shaping),
+            TimelessClaims::build(inputs(&acting, vec![]), &shaping),
+            TimelessClaims::build(inputs(&alice, vec![("g".into(), json!(1))]), &shaping),
+            TimelessClaims::build(inputs(&alice, vec![]), &added),
+            TimelessClaims::build(
+                ClaimInputs {
+                    audience: "https://weather.example.com/mcp",
+                    ..inputs(&alice, vec![])
+                },
+                &shaping,
+            ),
+            TimelessClaims::build(
+                ClaimInputs {
+                    issuer: "https://other-gw",
+                    ..inputs(&alice, vec![])
+                },
+                &shaping,
+            ),
+            TimelessClaims::build(
+                ClaimInputs {
+                    scope: "mcp:tools/list".into(),
+                    ..inputs(&alice, vec![])
+                },
+                &shaping,
+            ),
+        ];
+        let mut keys: Vec<String> = variants.iter().map(|v| v.cache_key().unwrap()).collect();
+        keys.push(key);
+        let distinct: std::collections::BTreeSet<&String> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len(), "{keys:#?}");
     }
 
     #[test]

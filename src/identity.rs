@@ -303,6 +303,36 @@ mod tests {
     }
 
     #[test]
+    fn identity_text_boundaries() {
+        // The longest value accepted (1025 bytes are refused above).
+        let s = sources(r#"{"subject":["header:x-user-id"]}"#);
+        let longest = "a".repeat(1024);
+        let h = headers(&[("x-user-id", longest.as_bytes())]);
+        assert_eq!(
+            resolve(&s, &h, &FakeHost::default()).unwrap().subject.as_deref(),
+            Some(longest.as_str())
+        );
+        // Integers of either sign and any size: a negative one is only an i64, u64::MAX only a u64.
+        assert_eq!(as_identity_text(&json!(-7)), Some("-7".into()));
+        assert_eq!(as_identity_text(&json!(u64::MAX)), Some(u64::MAX.to_string()));
+    }
+
+    #[test]
+    fn claim_paths_reach_into_objects_and_lists() {
+        let doc = json!({"org": {"team": "blue", "empty": "", "none": null}, "groups": ["a", "b"]});
+        let at = |path: &[&str]| claim_at(&doc, &path.iter().map(|s| s.to_string()).collect::<Vec<_>>()).cloned();
+        assert_eq!(at(&["org", "team"]), Some(json!("blue")));
+        assert_eq!(at(&["groups", "1"]), Some(json!("b")));
+        assert_eq!(at(&["groups", "2"]), None);
+        assert_eq!(at(&["groups", "x"]), None);
+        assert_eq!(at(&["org", "team", "deeper"]), None);
+        // Empty and null are absent, as Envoy reports an empty metadata value.
+        assert_eq!(at(&["org", "empty"]), None);
+        assert_eq!(at(&["org", "none"]), None);
+        assert_eq!(at(&["org"]).map(|v| v.is_object()), Some(true));
+    }
+
+    #[test]
     fn identity_text() {
         assert_eq!(as_identity_text(&json!("a")), Some("a".into()));
         assert_eq!(as_identity_text(&json!(42)), Some("42".into()));

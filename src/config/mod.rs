@@ -395,18 +395,215 @@ mod tests {
         }
     }
 
+    /// The field names of README.md's configuration table (`token_cache.max_entries` for a nested one).
+    fn readme_fields() -> std::collections::BTreeSet<String> {
+        let readme = include_str!("../../README.md");
+        let mut lines = readme
+            .lines()
+            .skip_while(|line| !line.starts_with("| field | type | default | meaning |"))
+            .skip(2);
+        let mut fields = std::collections::BTreeSet::new();
+        for line in lines.by_ref().take_while(|line| line.starts_with('|')) {
+            let cell = line.split('|').nth(1).unwrap().trim();
+            fields.insert(cell.trim_matches('`').to_string());
+        }
+        assert!(
+            fields.len() > 20,
+            "README.md's configuration table not found: {fields:?}"
+        );
+        fields
+    }
+
+    /// Each field of README.md's configuration table, set to a value other than its default, and read: the check
+    /// holds for that configuration and not for the defaults, so a field that is parsed but then ignored (or
+    /// replaced by its default) fails here. A field added to the README without a case here fails too.
     #[test]
     fn every_documented_field_is_read() {
-        let c = parse(
-            r#"{"issuer":"https://gw.example.com/","audience":"a","ttl_seconds":60,"actor":"gw",
-                "max_body_bytes":10,"identity":{"subject":["header:x-user-id"]}}"#,
-        )
-        .unwrap();
-        assert_eq!(c.issuer.unwrap().url, "https://gw.example.com");
-        assert_eq!(c.audience, "a");
-        assert_eq!(c.ttl_seconds, 60);
-        assert_eq!(c.actor, "gw");
-        assert_eq!(c.max_body_bytes, 10);
+        use p256::pkcs8::EncodePublicKey;
+        let ec_public = p256::SecretKey::from_slice(&[3u8; 32])
+            .unwrap()
+            .public_key()
+            .to_public_key_pem(Default::default())
+            .unwrap()
+            .replace('\n', "\\n");
+        let public_keys = format!(r#""additional_public_keys":["{ec_public}"]"#);
+        type Check = fn(&Config) -> bool;
+        let cases: Vec<(&str, &str, Check)> = vec![
+            ("issuer", r#""issuer":"https://gw.example.com/t/""#, |c| {
+                c.issuer
+                    .as_ref()
+                    .is_some_and(|i| i.url == "https://gw.example.com/t" && i.path == "/t")
+            }),
+            ("audience", r#""audience":"a""#, |c| c.audience == "a"),
+            ("ttl_seconds", r#""ttl_seconds":60"#, |c| c.ttl_seconds == 60),
+            ("signing_key", r#""signing_key":"PEM-A""#, |c| {
+                c.signing_key.as_ref().is_some_and(|k| k.0 == "PEM-A")
+            }),
+            ("algorithm", r#""algorithm":"ES256""#, |c| {
+                c.algorithm == Algorithm::Es256
+            }),
+            ("additional_public_keys", &public_keys, |c| {
+                c.additional_public_keys.len() == 1 && c.additional_public_keys[0].alg == "ES256"
+            }),
+            ("actor", r#""actor":"gw""#, |c| c.actor == "gw"),
+            ("identity", r#""identity":{}"#, |c| {
+                c.identity == IdentitySources::default()
+            }),
+            (
+                "identity.subject",
+                r#""identity":{"subject":["header:x-user-id"]}"#,
+                |c| c.identity.subject == [Source::Header("x-user-id".into())],
+            ),
+            ("identity.email", r#""identity":{"email":["jwt:mail"]}"#, |c| {
+                c.identity.email == [Source::Jwt(vec!["mail".into()])]
+            }),
+            ("identity.actor", r#""identity":{"actor":["mtls:uri_san"]}"#, |c| {
+                c.identity.actor == [Source::Mtls(MtlsField::UriSan)]
+            }),
+            ("jwt_payload_in_metadata", r#""jwt_payload_in_metadata":"idp""#, |c| {
+                c.jwt_payload_in_metadata == "idp"
+            }),
+            ("require_subject", r#""require_subject":true"#, |c| c.require_subject),
+            ("required_claims", r#""required_claims":["org/team"]"#, |c| {
+                c.required_claims == [Source::Jwt(vec!["org".into(), "team".into()])]
+            }),
+            ("copy_claims", r#""copy_claims":{"dept":"jwt:dept"}"#, |c| {
+                c.claims.copy == [("dept".to_string(), Source::Jwt(vec!["dept".into()]))]
+            }),
+            ("add_claims", r#""add_claims":{"tenant":"acme"}"#, |c| {
+                c.claims.add.get("tenant") == Some(&serde_json::json!("acme"))
+            }),
+            ("override_claims", r#""override_claims":{"iss":"https://other"}"#, |c| {
+                c.claims.override_.get("iss") == Some(&serde_json::json!("https://other"))
+            }),
+            ("remove_claims", r#""remove_claims":["nbf"]"#, |c| {
+                c.claims.remove == ["nbf"]
+            }),
+            (
+                "strip_identity_headers",
+                r#""strip_identity_headers":false,"identity":{"subject":["header:x-user-id"]}"#,
+                |c| !c.strip_identity_headers && c.stripped_headers.is_empty(),
+            ),
+            ("max_body_bytes", r#""max_body_bytes":10"#, |c| c.max_body_bytes == 10),
+            ("max_token_bytes", r#""max_token_bytes":2048"#, |c| {
+                c.max_token_bytes == 2048
+            }),
+            ("token_cache", r#""token_cache":{}"#, |c| {
+                c.token_cache.max_entries == 1024
+            }),
+            ("token_cache.max_entries", r#""token_cache":{"max_entries":7}"#, |c| {
+                c.token_cache.max_entries == 7
+            }),
+            ("token_cache.max_bytes", r#""token_cache":{"max_bytes":65536}"#, |c| {
+                c.token_cache.max_bytes == 65536
+            }),
+            (
+                "token_cache.min_remaining_seconds",
+                r#""token_cache":{"min_remaining_seconds":10}"#,
+                |c| c.token_cache.min_remaining_seconds == 10,
+            ),
+            (
+                "protected_resources",
+                r#""protected_resources":[{"resource":"https://gw.example.com/mcp",
+                    "authorization_servers":["https://idp.example.com"]}]"#,
+                |c| {
+                    c.authorization.protected_resources.len() == 1
+                        && c.authorization.protected_resources[0].path == "/mcp"
+                },
+            ),
+            (
+                "jwt_failure_in_metadata",
+                r#""jwt_failure_in_metadata":"jwt_failure""#,
+                |c| c.authorization.jwt_failure_in_metadata.as_deref() == Some("jwt_failure"),
+            ),
+            (
+                "required_incoming_scopes",
+                r#""required_incoming_scopes":{"*":["mcp:use"]}"#,
+                |c| c.authorization.required_incoming_scopes.len() == 1,
+            ),
+            ("incoming_scopes", r#""incoming_scopes":["jwt:scp"]"#, |c| {
+                c.authorization.incoming_scopes == [Source::Jwt(vec!["scp".into()])]
+            }),
+            (
+                "scope_hierarchy",
+                r#""scope_hierarchy":{"mcp:admin":["mcp:use"]}"#,
+                |c| {
+                    c.authorization
+                        .scope_hierarchy
+                        .get("mcp:admin")
+                        .is_some_and(|s| s.contains("mcp:use"))
+                },
+            ),
+            ("scope_source", r#""scope_source":"headers""#, |c| {
+                c.scope_source == ScopeSource::Headers
+            }),
+            (
+                "allow_body_buffering",
+                r#""allow_body_buffering":false,"scope_source":"headers""#,
+                |c| !c.allow_body_buffering,
+            ),
+            ("audit_fields", r#""audit_fields":false"#, |c| c.audit_fields.is_empty()),
+            ("audit_omit", r#""audit_omit":["sub"]"#, |c| {
+                c.audit_fields.len() == AUDIT_FIELDS.len() - 1 && !c.audit_fields.contains(&"sub")
+            }),
+            (
+                "token_cache.shared_max_entries",
+                r#""token_cache":{"shared_max_entries":0}"#,
+                |c| c.token_cache.shared_max_entries == 0,
+            ),
+            (
+                "token_cache.shared_max_bytes",
+                r#""token_cache":{"shared_max_bytes":8388608}"#,
+                |c| c.token_cache.shared_entry_bytes * c.token_cache.shared_max_entries == 8_388_608,
+            ),
+            ("token_header", r#""token_header":"x-mcp-gateway-token""#, |c| {
+                c.upstream.token_header == "x-mcp-gateway-token"
+            }),
+            (
+                "client_authorization",
+                r#""client_authorization":"forward","token_header":"x-mcp-gateway-token""#,
+                |c| c.upstream.client_authorization == ClientAuthorization::Forward,
+            ),
+            ("channel_token", r#""channel_token":{"audience":"channel"}"#, |c| {
+                c.upstream
+                    .channel_token
+                    .as_ref()
+                    .is_some_and(|t| t.audience == "channel")
+            }),
+            ("debug_header", r#""debug_header":true"#, |c| {
+                c.upstream.debug_header.is_some()
+            }),
+            ("fixed_scopes", r#""fixed_scopes":["mcp:all"]"#, |c| {
+                c.fixed_scopes.as_deref() == Some(&["mcp:all".to_string()][..])
+            }),
+            (
+                "introspection",
+                r#""introspection":{"cluster":"idp","path":"/introspect","authority":"idp.example.com"}"#,
+                |c| {
+                    c.introspection
+                        .as_ref()
+                        .is_some_and(|i| i.cluster == "idp" && i.path == "/introspect")
+                },
+            ),
+            ("delegation", r#""delegation":{"nest_act":false}"#, |c| {
+                !c.delegation.nest_act
+            }),
+        ];
+        let defaults = parse("{}").unwrap();
+        for (field, json, check) in &cases {
+            let config = parse(&format!("{{{json}}}")).unwrap_or_else(|e| panic!("{field}: {e}"));
+            assert!(check(&config), "{field}: {json} was not read");
+            // The objects themselves (`identity`, `token_cache`) are checked for their defaults when empty.
+            if !matches!(*field, "identity" | "token_cache") {
+                assert!(!check(&defaults), "{field}: the default already passes the check");
+            }
+        }
+        let covered: std::collections::BTreeSet<String> = cases.iter().map(|(f, _, _)| f.to_string()).collect();
+        assert_eq!(
+            covered,
+            readme_fields(),
+            "every field of README.md's configuration table has a case here"
+        );
     }
 
     #[test]
@@ -447,6 +644,23 @@ mod tests {
         assert!(e.reason.contains("audiance"), "{e}");
         let e = parse(r#"{"identity":{"subjekt":[]}}"#).unwrap_err();
         assert!(e.field.starts_with("identity"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_once_then_the_fields_serde_expected() {
+        let e = parse(r#"{"audiance":"x"}"#).unwrap_err();
+        assert!(
+            e.reason
+                .starts_with("unknown field `audiance`, expected one of `issuer`, `audience`"),
+            "{}",
+            e.reason
+        );
+        let e = parse(r#"{"identity":{"subjekt":[]}}"#).unwrap_err();
+        assert!(
+            e.reason.starts_with("unknown field `subjekt`, expected one of `"),
+            "{}",
+            e.reason
+        );
     }
 
     #[test]
@@ -576,13 +790,13 @@ mod tests {
             r#"{"a`, expected one of `x`$PEM": 1}"#,
         ] {
             let input = template.replace("$PEM", pem);
-            if let Err(e) = parse(&input) {
-                let text = e.to_string();
-                assert!(
-                    !text.contains("MIIEvQ") && !text.contains("Secret"),
-                    "{template}: {text}"
-                );
-            }
+            // Each input is refused (an input that parses would test nothing here), and the error shows none of it.
+            let e = parse(&input).expect_err(template);
+            let text = format!("{e} {e:?}");
+            assert!(
+                !text.contains("MIIEvQ") && !text.contains("Secret") && !text.contains("BEGIN PRIVATE"),
+                "{template}: {text}"
+            );
         }
         // Names still help the operator.
         assert!(parse(r#"{"audiance":"x"}"#)

@@ -26,6 +26,19 @@ pub type SharedData = Rc<RefCell<HashMap<String, (Vec<u8>, u32)>>>;
 /// Answers the filter's callouts (`None`: the callout fails, as on a reset or a timeout).
 pub type Responder = Rc<dyn Fn(&Callout) -> Option<CalloutResponse>>;
 
+/// How the fake proxy carries out header edits. Tests that take one layer of a defence away use the other two.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HeaderWrites {
+    /// As Envoy 1.40's wasm host: a removal removes every copy, a write replaces every copy.
+    #[default]
+    Envoy,
+    /// A write adds one more copy and leaves the others (a host whose "set" appends): what the removals achieve
+    /// alone.
+    Append,
+    /// A removal does nothing (a host that drops it silently): what the replacing writes achieve alone.
+    IgnoreRemovals,
+}
+
 /// The request and the proxy around it, in memory.
 pub struct FakeHost {
     /// The request headers as the filter would read them now (edits applied).
@@ -48,6 +61,8 @@ pub struct FakeHost {
     pub responder: Option<Responder>,
     /// The Envoy version the host reports (1.40 by default).
     pub envoy_version: Option<(u64, u64)>,
+    /// How header edits are carried out (as Envoy does, by default).
+    pub header_writes: HeaderWrites,
 }
 
 impl Default for FakeHost {
@@ -63,6 +78,7 @@ impl Default for FakeHost {
             attribute_reads: Cell::new(0),
             responder: None,
             envoy_version: Some((1, 40)),
+            header_writes: HeaderWrites::Envoy,
         }
     }
 }
@@ -97,16 +113,25 @@ impl FakeHost {
     /// Applies one edit as Envoy's header map does.
     pub fn apply(&self, edit: &HeaderEdit) {
         let mut headers = self.headers.borrow_mut();
-        match edit {
-            HeaderEdit::Remove(name) => headers.remove(name),
-            HeaderEdit::RemoveNamed(name) => headers.remove(name),
-            HeaderEdit::Set(name, value) => {
-                headers.remove(name);
+        let (removes, replaces) = match self.header_writes {
+            HeaderWrites::Envoy => (true, true),
+            HeaderWrites::Append => (true, false),
+            HeaderWrites::IgnoreRemovals => (false, true),
+        };
+        let (name, value) = match edit {
+            HeaderEdit::Remove(name) => (*name, None),
+            HeaderEdit::RemoveNamed(name) => (name.as_str(), None),
+            HeaderEdit::Set(name, value) => (*name, Some(value)),
+            HeaderEdit::SetNamed(name, value) => (name.as_str(), Some(value)),
+        };
+        match value {
+            None if removes => headers.remove(name),
+            None => {}
+            Some(value) => {
+                if replaces {
+                    headers.remove(name);
+                }
                 headers.0.push((name.to_string(), value.as_bytes().to_vec()));
-            }
-            HeaderEdit::SetNamed(name, value) => {
-                headers.remove(name);
-                headers.0.push((name.clone(), value.as_bytes().to_vec()));
             }
         }
     }

@@ -140,9 +140,16 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_json() {
-        let v = parse(br#" {"a":[1,-2,3.5,"x",true,null,{"b":{}}]} "#).unwrap();
+        let text = br#" {"a":[1,-2,3.5,"x",true,false,null,{"b":{}},[],18446744073709551615,"\u00e9\n"],"c":0.25} "#;
+        let v = parse(text).unwrap();
         assert_eq!(v["a"][3], "x");
         assert_eq!(v["a"][1], -2);
+        // Every value as serde_json itself reads it: numbers of each kind, booleans, null, strings with escapes,
+        // empty containers.
+        assert_eq!(v, serde_json::from_slice::<Value>(text).unwrap());
+        assert_eq!(v["a"][2].as_f64(), Some(3.5));
+        assert_eq!(v["a"][9].as_u64(), Some(u64::MAX));
+        assert_eq!(v["a"][10], "\u{e9}\n");
     }
 
     #[test]

@@ -480,6 +480,55 @@ mod tests {
         assert_eq!(claims_of(&later.jwt)["iat"], 1151);
     }
 
+    /// The `kid` of a compact JWS's header.
+    fn kid_of(jwt: &str) -> String {
+        use base64::Engine;
+        let header = jwt.split('.').next().unwrap();
+        let header: Value =
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+        header["kid"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn the_cache_key_names_the_signing_key() {
+        // One worker cache and one shared cache (one host) live across a change of signing key: the same claims
+        // under the other key are signed anew, never served the old key's token, and each key keeps its own.
+        let s = Setup::new("{}");
+        let host = FakeHost::default();
+        let other = Signer::generate(Algorithm::Es256).unwrap();
+        assert_ne!(other.kid(), signer().kid());
+        let token = |cache: &mut TokenCache, signer: &Signer, now: u64| {
+            let req = SignRequest {
+                config: &s.config,
+                issuer: &s.issuer,
+                call: &tools_call("a"),
+                route: &s.route,
+                headers: &Headers::default(),
+                host: &host,
+                introspection: None,
+            };
+            token_for(&req, cache, signer, now, || claims::new_jti().ok()).unwrap()
+        };
+        let mut cache = TokenCache::new(s.config.token_cache);
+        let first = token(&mut cache, signer(), 1000);
+        assert_eq!(kid_of(&first.jwt), signer().kid());
+        let rotated = token(&mut cache, &other, 1001);
+        assert!(
+            !rotated.from_cache,
+            "a token of the previous key was served after the key changed"
+        );
+        assert_eq!(kid_of(&rotated.jwt), other.kid());
+        let back = token(&mut cache, signer(), 1002);
+        assert!(back.from_cache && back.jwt == first.jwt);
+        // Another worker (its own cache, the same shared one) gets each key's own token.
+        let mut worker = TokenCache::new(s.config.token_cache);
+        let shared = token(&mut worker, &other, 1003);
+        assert!(shared.shared && shared.jwt == rotated.jwt, "{}", shared.jwt);
+        let mut worker = TokenCache::new(s.config.token_cache);
+        let shared = token(&mut worker, signer(), 1003);
+        assert!(shared.shared && shared.jwt == first.jwt);
+    }
+
     #[test]
     fn cache_off_gives_a_fresh_jti_per_request() {
         let s = Setup::new(r#"{"token_cache":{"max_entries":0}}"#);

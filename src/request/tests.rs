@@ -7,7 +7,7 @@ use std::rc::Rc;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::host::fake::{send, send_through, Exchange, FakeHost, Request as Req, Router};
+use crate::host::fake::{send, send_through, Exchange, FakeHost, HeaderWrites, Request as Req, Router};
 use crate::host::{Headers, Host, Metric};
 use crate::plugin::Plugin;
 
@@ -132,6 +132,48 @@ fn the_client_authorization_is_removed_at_the_headers_and_replaced_by_the_token(
     assert!(matches!(&e.edits[2], HeaderEdit::Set(ROUTE_HEADER, _)));
     let forwarded = e.forwarded_header("authorization").unwrap();
     assert!(!forwarded.contains("one") && !forwarded.contains("two"));
+}
+
+/// No token passthrough, with each layer of the defence alone: the removal at the headers (on a host whose writes
+/// append instead of replacing, and where the token goes in another header, so no write touches `authorization`)
+/// and the token write that replaces every copy (on a host that drops removals). Body- and header-scoped.
+#[test]
+fn each_layer_of_the_authorization_removal_holds_alone() {
+    let client = |req: Req| {
+        req.header("authorization", "Bearer client-one")
+            .header("Authorization", "Bearer client-two")
+    };
+    for writes in [HeaderWrites::Envoy, HeaderWrites::Append, HeaderWrites::IgnoreRemovals] {
+        let host = FakeHost {
+            header_writes: writes,
+            ..FakeHost::default()
+        };
+        for (config, request) in [
+            ("{}", client(Req::post(TOOLS_CALL))),
+            (
+                r#"{"scope_source":"headers"}"#,
+                client(modern_headers(Req::post(TOOLS_CALL), "tools/call", Some("get_weather"))),
+            ),
+        ] {
+            let p = plugin(config, &host);
+            let e = exchange(&p, &host, &request);
+            let (headers, _) = e.forwarded.as_ref().expect("forwarded");
+            let values: Vec<&[u8]> = headers.all("authorization").collect();
+            assert_eq!(values.len(), 1, "{writes:?} {config}: {values:?}");
+            assert!(values[0].starts_with(b"Bearer ey"), "{writes:?} {config}");
+            verified_claims(&p, &host, &e, "mcp");
+        }
+    }
+    // The token in another header: the removal at the headers is all that keeps the client's token away.
+    let host = FakeHost::default();
+    let p = plugin(r#"{"token_header":"x-mcp-gateway-token"}"#, &host);
+    let e = exchange(&p, &host, &client(Req::post(TOOLS_CALL)));
+    let (headers, _) = e.forwarded.as_ref().expect("forwarded");
+    assert!(!headers.contains("authorization"), "{headers:?}");
+    assert!(e
+        .forwarded_header("x-mcp-gateway-token")
+        .unwrap()
+        .starts_with("Bearer ey"));
 }
 
 #[test]

@@ -16,6 +16,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -483,10 +484,11 @@ def raw_request(url: str, method: str, path: str, *, headers=None, body=None, ch
 # --------------------------------------------------------------------------------------------------------------
 # what reached the upstream: deterministic, from Envoy's own counters
 # --------------------------------------------------------------------------------------------------------------
-def upstream_requests_total(envoy: Envoy, except_clusters=()) -> int:
+def upstream_requests_total(envoy: Envoy, except_clusters=(), cluster: str | None = None) -> int:
     """Every upstream request Envoy has started, on every cluster but `except_clusters` (e.g. the one the filter's
-    own callouts use), from admin `/stats` (counters only)."""
-    r = requests.get(envoy.admin_url + "/stats", params={"filter": r"^cluster\..*\.upstream_rq_total$",
+    own callouts use), or on `cluster` only, from admin `/stats` (counters only)."""
+    name = re.escape(cluster) if cluster is not None else ".*"
+    r = requests.get(envoy.admin_url + "/stats", params={"filter": rf"^cluster\.{name}\.upstream_rq_total$",
                                                            "format": "json"}, timeout=5)
     r.raise_for_status()
     skip = {f"cluster.{name}.upstream_rq_total" for name in except_clusters}
@@ -507,6 +509,34 @@ def nothing_forwarded(gateway, *upstreams, except_clusters=()):
     assert after == before, f"Envoy started {after - before} upstream request(s)"
     for up, n in zip(upstreams, seen_before):
         assert len(up.requests) == n, f"upstream saw {[(r.method, r.path) for r in up.requests[n:]]}"
+
+
+def reset_forwarded(gateway, *upstreams):
+    """Starts a window for `assert_nothing_forwarded_since_reset`: clears the recording upstreams (the gateway's
+    own and `upstreams`) and remembers Envoy's upstream request counter as it is now. For tests that check what
+    was forwarded after the request was made (`nothing_forwarded` wraps the request instead)."""
+    for up in (gateway.upstream, *upstreams):
+        up.clear()
+    gateway.forwarded_baseline = upstream_requests_total(gateway.envoy)
+
+
+def forwarded_since_reset(gateway) -> int:
+    """Upstream requests Envoy's router started since `reset_forwarded(gateway)`. The counter is read after the
+    responses the test waited for: a request the router forwarded was counted before its response came back,
+    so no sleep is involved."""
+    baseline = gateway.__dict__.get("forwarded_baseline")
+    assert baseline is not None, "call reset_forwarded(gateway) before the requests"
+    return upstream_requests_total(gateway.envoy) - baseline
+
+
+def assert_nothing_forwarded_since_reset(gateway, *upstreams):
+    """Nothing reached an upstream since `reset_forwarded(gateway)`: Envoy started no upstream request, and the
+    recording upstreams (default: the gateway's) saw nothing."""
+    started = forwarded_since_reset(gateway)
+    assert started == 0, f"Envoy started {started} upstream request(s)"
+    for up in upstreams or (gateway.upstream,):
+        seen = up.requests
+        assert seen == [], f"upstream must see nothing, saw {[(r.method, r.path, r.body[:80]) for r in seen]}"
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -28,15 +28,17 @@ from harness import (
     MCP_HEADERS,
     DISCOVERY_SUFFIX,
     JWKS_SUFFIX,
+    assert_nothing_forwarded_since_reset,
+    forwarded_since_reset,
     load_envoy_yaml,
     raw_request,
+    reset_forwarded,
     running_gateway,
     verify_with_discovery,
     wasm_filter_config,
 )
 
 LIMIT = 4096
-NOT_FORWARDED_WAIT = 0.1  # a wrongly forwarded request is recorded upstream within this time
 PARSE, INVALID_REQUEST, INVALID_PARAMS = -32700, -32600, -32602
 ALLOW_MCP = "GET, POST, DELETE"
 ALLOW_WELL_KNOWN = "GET, HEAD"
@@ -75,13 +77,13 @@ def _gw_small(tmp_path_factory):
 
 @pytest.fixture
 def gw(_gw):
-    _gw.upstream.clear()
+    reset_forwarded(_gw)
     return _gw
 
 
 @pytest.fixture
 def gw_small(_gw_small):
-    _gw_small.upstream.clear()
+    reset_forwarded(_gw_small)
     return _gw_small
 
 
@@ -159,9 +161,9 @@ def post(g, body: bytes, headers=None, path="/mcp"):
 
 
 def assert_nothing_forwarded(g):
-    time.sleep(NOT_FORWARDED_WAIT)
-    seen = g.upstream.requests
-    assert seen == [], f"upstream must see nothing, saw {[(r.method, r.path, r.body[:80]) for r in seen]}"
+    """Nothing reached the upstream since the fixture's reset_forwarded: Envoy's upstream request counter, read
+    after the response (no wait), and the recording upstream."""
+    assert_nothing_forwarded_since_reset(g)
 
 
 def assert_refused(g, response, status: int, code: int, rpc_id=None, allow=None):
@@ -190,9 +192,10 @@ def assert_rejected_before_filter(g, response, status: int = 400):
 
 def forwarded_claims(g, body: bytes | None = None, method: str = "POST"):
     """The one request the upstream got: exactly one Authorization, a token that verifies; returns its claims."""
+    # Envoy's counter (read after the response) says how many requests went upstream since the fixture's reset.
+    started = forwarded_since_reset(g)
+    assert started == 1, f"Envoy started {started} upstream requests, expected exactly one"
     reqs = g.upstream.wait_for(1, timeout=5)
-    time.sleep(0.05)
-    reqs = g.upstream.requests
     assert len(reqs) == 1, f"expected exactly one forwarded request, got {[(r.method, r.path) for r in reqs]}"
     req = reqs[0]
     assert req.method == method
@@ -706,7 +709,7 @@ def test_near_miss_paths_are_ordinary_mcp_requests(gw, path):
     req, claims = forwarded_claims(gw, b"", method="GET")
     assert req.path == path
     assert scope_set(claims) == {"mcp:stream"}
-    gw.upstream.clear()
+    reset_forwarded(gw)
     assert_refused(gw, post(gw, b"", path=path), 400, PARSE, None)
 
 
@@ -855,10 +858,12 @@ def test_pipelined_refusal_does_not_leak_into_neighbours(gw):
     responses = read_responses(gw, req(good_a) + req(bad) + req(good_d), 3)
     assert [r[0] for r in responses][:2] == [200, 400], [(r[0], r[2][:100]) for r in responses]
     assert json.loads(responses[1][2])["error"]["code"] == PARSE
-    time.sleep(NOT_FORWARDED_WAIT)
-    reqs = gw.upstream.requests
-    # The request after a refusal may be served (200) or dropped with the connection, never mixed up.
-    assert len(reqs) == len([r for r in responses if r[0] == 200]), [(r.body, r.path) for r in reqs]
+    # The request after a refusal may be served (200) or dropped with the connection, never mixed up. Envoy's
+    # counter, read after the responses, says how many went upstream (no wait).
+    served = len([r for r in responses if r[0] == 200])
+    assert forwarded_since_reset(gw) == served
+    reqs = gw.upstream.wait_for(served)
+    assert len(reqs) == served, [(r.body, r.path) for r in reqs]
     for r in reqs:
         claims = verify_with_discovery(r.bearer_token(), gw.url, "mcp")
         tool = json.loads(r.body)["params"]["name"]

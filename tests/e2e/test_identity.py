@@ -37,12 +37,14 @@ from harness import (
     b64url_uint,
     free_port,
     rpc,
+    assert_nothing_forwarded_since_reset,
+    forwarded_since_reset,
+    reset_forwarded,
     running_gateway,
     verify_with_discovery,
 )
 from recording_upstream import RecordingUpstream
 
-NOT_FORWARDED_WAIT = 0.15  # seconds to wait for a (wrongly) forwarded request to show up upstream
 
 IDP_ISSUER = "https://idp.example.com"
 IDP_AUDIENCE = "mcp-gateway"
@@ -155,11 +157,10 @@ def call_ok(g, body=None, *, token=None, headers=None, path="/mcp", audience="mc
     return req, verify_with_discovery(minted, g.url, audience)
 
 
-def assert_nothing_forwarded(*upstreams):
-    time.sleep(NOT_FORWARDED_WAIT)
-    for up in upstreams:
-        seen = up.requests
-        assert seen == [], f"upstream must see nothing, saw {[(r.method, r.path) for r in seen]}"
+def assert_nothing_forwarded(g, *upstreams):
+    """Nothing reached an upstream since the fixture's reset_forwarded: Envoy's upstream request counter, read
+    after the response (no wait), and the recording upstreams (default: the gateway's own)."""
+    assert_nothing_forwarded_since_reset(g, *upstreams)
 
 
 def assert_rpc_error(r: requests.Response, *, status: int, code: int, id=None):  # noqa: A002
@@ -219,7 +220,7 @@ def _idp_gw(tmp_path_factory, idp):
 
 @pytest.fixture
 def idp_gw(_idp_gw):
-    _idp_gw.upstream.clear()
+    reset_forwarded(_idp_gw)
     return _idp_gw
 
 
@@ -315,7 +316,7 @@ def test_bad_idp_tokens_are_refused_by_jwt_authn(idp_gw, idp, case, status):
     r = post(idp_gw.url, tool_call("get_weather"), token=token, headers={"x-user-id": "admin"})
     assert r.status_code == status, f"{r.status_code} {r.text[:300]!r}"
     assert "jsonrpc" not in r.text, "jwt_authn, not the wasm filter, must refuse a bad IdP token"
-    assert_nothing_forwarded(idp_gw.upstream)
+    assert_nothing_forwarded(idp_gw)
 
 
 def test_empty_list_claim_is_copied(idp_gw, idp):
@@ -325,7 +326,8 @@ def test_empty_list_claim_is_copied(idp_gw, idp):
     _, minted = forwarded(idp_gw.upstream)
     claims = verify_with_discovery(minted, idp_gw.url, "mcp")
     assert claims["sub"] == "erin" and claims["email"] == "erin@example.com"
-    assert claims.get("groups", []) == [], claims.get("groups")
+    # Copied as the empty list it is: a filter that drops the claim (or makes it a string or an object) fails here.
+    assert "groups" in claims and claims["groups"] == [], claims
     assert "primary_group" not in claims
 
 
@@ -342,7 +344,7 @@ def test_null_claim_is_refused_cleanly_and_the_worker_survives(idp_gw, idp, clai
              headers={"x-user-email": "spoof@evil.example", "x-team-id": "red-team"})
     message = assert_rpc_error(r, status=400, code=-32600, id=41)
     assert source in message, message
-    assert_nothing_forwarded(idp_gw.upstream)
+    assert_nothing_forwarded(idp_gw)
     # One worker: the same VM answers next. It must still mint tokens.
     for i in range(2):
         idp_gw.upstream.clear()
@@ -381,7 +383,7 @@ def _strict_gw(tmp_path_factory, idp):
 
 @pytest.fixture
 def strict_gw(_strict_gw):
-    _strict_gw.upstream.clear()
+    reset_forwarded(_strict_gw)
     return _strict_gw
 
 
@@ -389,20 +391,20 @@ def test_no_idp_token_gets_401_with_www_authenticate(strict_gw):
     r = post(strict_gw.url, tool_call("get_weather", id=7), headers={"x-user-id": "admin"})
     assert_rpc_error(r, status=401, code=-32001, id=7)
     assert r.headers.get("www-authenticate", "").split(" ")[0] == "Bearer", r.headers
-    assert_nothing_forwarded(strict_gw.upstream)
+    assert_nothing_forwarded(strict_gw)
 
 
 def test_no_idp_token_on_a_stream_get_gets_401(strict_gw):
     r = requests.get(strict_gw.url + "/mcp", headers={"accept": "text/event-stream"}, timeout=10)
     assert_rpc_error(r, status=401, code=-32001, id=None)
     assert r.headers.get("www-authenticate", "").split(" ")[0] == "Bearer", r.headers
-    assert_nothing_forwarded(strict_gw.upstream)
+    assert_nothing_forwarded(strict_gw)
 
 
 def test_discovery_and_jwks_need_no_user(strict_gw):
     r = requests.get(strict_gw.url + JWKS_SUFFIX, timeout=5)
     assert r.status_code == 200 and r.json()["keys"], r.text
-    assert_nothing_forwarded(strict_gw.upstream)
+    assert_nothing_forwarded(strict_gw)
 
 
 @pytest.mark.parametrize("claims,missing", [
@@ -415,7 +417,7 @@ def test_missing_required_claim_gets_403(strict_gw, idp, claims, missing):
     r = post(strict_gw.url, tool_call("get_weather", id="req-9"), token=idp.token("gina", **claims))
     message = assert_rpc_error(r, status=403, code=-32003, id="req-9")
     assert missing in message, message
-    assert_nothing_forwarded(strict_gw.upstream)
+    assert_nothing_forwarded(strict_gw)
 
 
 def test_complete_identity_passes(strict_gw, idp):
@@ -471,8 +473,7 @@ def _routes_gw(tmp_path_factory):
 
 @pytest.fixture
 def routes_gw(_routes_gw):
-    for up in (_routes_gw.upstream, _routes_gw.weather, _routes_gw.calendar):
-        up.clear()
+    reset_forwarded(_routes_gw, _routes_gw.weather, _routes_gw.calendar)
     return _routes_gw
 
 
@@ -486,13 +487,16 @@ def test_each_route_gets_its_own_audience(routes_gw):
     for prefix, upstream, audience in (("/weather", routes_gw.weather, WEATHER_AUD),
                                        ("/calendar", routes_gw.calendar, CALENDAR_AUD),
                                        ("", routes_gw.upstream, "mcp")):
-        for up in _all_upstreams(routes_gw):
-            up.clear()
+        reset_forwarded(routes_gw, routes_gw.weather, routes_gw.calendar)
         r = post(routes_gw.url, tool_call("get_weather"), headers={"x-user-id": "hana"}, path=prefix + "/mcp")
         assert r.status_code == 200, f"{prefix}: {r.status_code} {r.text[:300]!r}"
         req, tokens[audience] = forwarded(upstream)
         assert req.path == prefix + "/mcp"
-        assert_nothing_forwarded(*[u for u in _all_upstreams(routes_gw) if u is not upstream])
+        # Exactly one upstream request (this one), and no other upstream saw anything.
+        assert forwarded_since_reset(routes_gw) == 1
+        for other in _all_upstreams(routes_gw):
+            if other is not upstream:
+                assert other.requests == [], [(r.method, r.path) for r in other.requests]
         claims = verify_with_discovery(tokens[audience], routes_gw.url, audience)
         assert claims["aud"] == audience and claims["sub"] == "hana"
 
@@ -504,15 +508,26 @@ def test_each_route_gets_its_own_audience(routes_gw):
                     verify_with_discovery(token, routes_gw.url, verifier_aud)
 
 
-@pytest.mark.parametrize("body", [
-    tool_call("send_email", id=5),
-    [tool_call("get_weather", id=5), tool_call("send_email", id=6)],  # one bad element refuses the batch
-], ids=["single", "batch"])
-def test_tool_outside_allowed_tools_is_refused(routes_gw, body):
+def _batch_with(forbidden: str, position: int) -> list:
+    """get_weather and get_forecast (both allowed on /weather/) with `forbidden` inserted at `position`."""
+    batch = [tool_call("get_weather", id=1), tool_call("get_forecast", id=2)]
+    batch.insert(position, tool_call(forbidden, id=3))
+    return batch
+
+
+# One bad element refuses the batch, wherever it is: first, in the middle, last, and with a name that sorts before
+# (aaa_delete) or after (send_email) the allowed ones, so a filter that checks only the first, the last or the
+# smallest tool of a batch fails here.
+@pytest.mark.parametrize("body,forbidden", [
+    (tool_call("send_email", id=5), "send_email"),
+    *[(_batch_with(name, pos), name) for name in ("aaa_delete", "send_email") for pos in (0, 1, 2)],
+], ids=["single", *[f"batch-{name}-{where}" for name in ("aaa_delete", "send_email")
+                    for where in ("first", "middle", "last")]])
+def test_tool_outside_allowed_tools_is_refused(routes_gw, body, forbidden):
     r = post(routes_gw.url, body, headers={"x-user-id": "ivan"}, path="/weather/mcp")
     message = assert_rpc_error(r, status=403, code=-32003, id=5 if isinstance(body, dict) else None)
-    assert "send_email" in message, message
-    assert_nothing_forwarded(*_all_upstreams(routes_gw))
+    assert forbidden in message, message
+    assert_nothing_forwarded(routes_gw, *_all_upstreams(routes_gw))
 
 
 @pytest.mark.parametrize("body,scope", [
@@ -535,16 +550,16 @@ def test_route_without_allowed_tools_is_not_restricted(routes_gw):
 
 def test_single_entry_allow_list(routes_gw):
     call_ok(routes_gw, tool_call("only_tool"), headers={"x-user-id": "ivan"}, path="/single/mcp")
-    routes_gw.upstream.clear()
+    reset_forwarded(routes_gw, routes_gw.weather, routes_gw.calendar)
     r = post(routes_gw.url, tool_call("only_tool_2", id=3), headers={"x-user-id": "ivan"}, path="/single/mcp")
     assert_rpc_error(r, status=403, code=-32003, id=3)
-    assert_nothing_forwarded(*_all_upstreams(routes_gw))
+    assert_nothing_forwarded(routes_gw, *_all_upstreams(routes_gw))
 
 
 def test_empty_allow_list_allows_no_tool(routes_gw):
     r = post(routes_gw.url, tool_call("get_weather", id=4), headers={"x-user-id": "ivan"}, path="/locked/mcp")
     assert_rpc_error(r, status=403, code=-32003, id=4)
-    assert_nothing_forwarded(*_all_upstreams(routes_gw))
+    assert_nothing_forwarded(routes_gw, *_all_upstreams(routes_gw))
     _, claims = call_ok(routes_gw, rpc("tools/list"), headers={"x-user-id": "ivan"}, path="/locked/mcp")
     assert claims["scope"] == "mcp:tools/list"
 
@@ -653,7 +668,7 @@ def _mtls_gw(tmp_path_factory):
 
 @pytest.fixture
 def mtls_gw(_mtls_gw):
-    _mtls_gw.upstream.clear()
+    reset_forwarded(_mtls_gw)
     return _mtls_gw
 
 
@@ -688,7 +703,7 @@ def test_tls_listener_refuses_clients_without_a_trusted_certificate(mtls_gw, cli
     with pytest.raises(requests.exceptions.ConnectionError):  # SSLError is a ConnectionError
         requests.post(mtls_gw.tls_url + "/mcp", data=json.dumps(tool_call("get_weather")), headers=MCP_HEADERS,
                       verify=mtls_gw.pki["ca"], timeout=10, **kw)
-    assert_nothing_forwarded(mtls_gw.upstream)
+    assert_nothing_forwarded(mtls_gw)
 
 
 def test_plaintext_connection_has_no_peer_identity(mtls_gw):
@@ -735,7 +750,7 @@ def _shaping_gw(tmp_path_factory):
 
 @pytest.fixture
 def shaping_gw(_shaping_gw):
-    _shaping_gw.upstream.clear()
+    reset_forwarded(_shaping_gw)
     return _shaping_gw
 
 
@@ -817,7 +832,7 @@ def test_an_integer_identity_claim_becomes_decimal_text(idp_gw, idp):
 def test_jwt_authn_refuses_an_integer_sub_before_the_filter(idp_gw, idp):
     r = post(idp_gw.url, tool_call("get_weather"), token=idp.token(12345))
     assert r.status_code == 401 and "sub" in r.text, f"{r.status_code} {r.text[:200]!r}"
-    assert_nothing_forwarded(idp_gw.upstream)
+    assert_nothing_forwarded(idp_gw)
 
 
 @pytest.mark.parametrize("value", [1.5, True, ["blue"], {"name": "blue"}], ids=["fraction", "bool", "list", "object"])
@@ -826,4 +841,4 @@ def test_an_identity_claim_that_is_neither_text_nor_an_integer_is_refused(idp_gw
              headers={"x-team-id": "red-team"})
     message = assert_rpc_error(r, status=400, code=-32600, id=51)
     assert "jwt:org/team" in message, message
-    assert_nothing_forwarded(idp_gw.upstream)
+    assert_nothing_forwarded(idp_gw)

@@ -24,7 +24,8 @@ import jwt
 import pytest
 import requests
 
-from harness import MCP_HEADERS, free_port, rpc, start_envoy, verify_with_discovery
+from harness import (MCP_HEADERS, free_port, load_envoy_yaml, rpc, start_envoy, upstream_cluster_name,
+                     upstream_requests_total, verify_with_discovery)
 from mcp_helpers import (
     FLUSH_ARGS,
     VERIFIER_HEALTH_PATH,
@@ -166,6 +167,9 @@ def test_jwt_authn_verdicts_straight_to_the_verifier(fresh, case):
     headers = dict(MCP_HEADERS)
     if build is not None:
         headers["authorization"] = f"Bearer {build(c)}"
+    # The recorder's cluster only: the verifier's own JWKS fetches go to another one.
+    recorder_cluster = upstream_cluster_name(load_envoy_yaml())
+    before = upstream_requests_total(c.verifier, cluster=recorder_cluster)
     r = requests.post(c.verifier.url + "/record", data=json.dumps(rpc("tools/list")), headers=headers, timeout=10)
     assert r.status_code == expected, (r.status_code, r.text[:300])
     if expected == 200:
@@ -174,7 +178,8 @@ def test_jwt_authn_verdicts_straight_to_the_verifier(fresh, case):
     else:
         assert r.text.startswith(reason), r.text
         assert r.headers["www-authenticate"].startswith("Bearer realm="), r.headers
-        time.sleep(0.1)
+        # Envoy's counter, read after the response: no wait.
+        assert upstream_requests_total(c.verifier, cluster=recorder_cluster) == before, "a refused request was forwarded"
         assert c.recorder.requests == [], "a refused request reached the upstream"
 
 

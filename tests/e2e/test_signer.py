@@ -28,16 +28,18 @@ from harness import (
     JWKS_SUFFIX,
     b64url_decode,
     b64url_uint,
+    assert_nothing_forwarded_since_reset,
     load_envoy_yaml,
+    nothing_forwarded,
     raw_request,
+    reset_forwarded,
     rfc7638_thumbprint,
     rpc,
     running_gateway,
+    upstream_requests_total,
     verify_with_discovery,
     wasm_filter_config,
 )
-
-NOT_FORWARDED_WAIT = 0.15  # seconds to wait for a (wrongly) forwarded request to show up upstream
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -92,19 +94,19 @@ def _gw_custom(tmp_path_factory):
 
 @pytest.fixture
 def gw(_gw):
-    _gw.upstream.clear()
+    reset_forwarded(_gw)
     return _gw
 
 
 @pytest.fixture
 def gw_default(_gw_default):
-    _gw_default.upstream.clear()
+    reset_forwarded(_gw_default)
     return _gw_default
 
 
 @pytest.fixture
 def gw_custom(_gw_custom):
-    _gw_custom.upstream.clear()
+    reset_forwarded(_gw_custom)
     return _gw_custom
 
 
@@ -156,9 +158,9 @@ def scopes(claims) -> list:
 
 
 def assert_nothing_forwarded(g):
-    time.sleep(NOT_FORWARDED_WAIT)
-    seen = g.upstream.requests
-    assert seen == [], f"upstream must see nothing, saw {[(r.method, r.path) for r in seen]}"
+    """Nothing reached the upstream since the fixture's reset_forwarded: Envoy's upstream request counter, read
+    after the response (no wait), and the recording upstream."""
+    assert_nothing_forwarded_since_reset(g)
 
 
 ANY = object()
@@ -687,11 +689,11 @@ def test_bad_config_is_refused(envoy_expect_failure, upstream, case):
     else:
         # Envoy started anyway: every request must fail closed (5xx) and never reach the upstream.
         url = res.envoy.url
-        r = requests.post(url + "/mcp", data=json.dumps(rpc("tools/list")), headers=MCP_HEADERS, timeout=10)
-        assert r.status_code >= 500, f"bad config served {r.status_code}: {r.text[:200]!r}"
-        r = requests.get(url + JWKS_SUFFIX, timeout=10)
-        assert r.status_code >= 500, f"bad config served JWKS {r.status_code}: {r.text[:200]!r}"
-        time.sleep(NOT_FORWARDED_WAIT)
+        with nothing_forwarded(res.envoy, upstream):
+            r = requests.post(url + "/mcp", data=json.dumps(rpc("tools/list")), headers=MCP_HEADERS, timeout=10)
+            assert r.status_code >= 500, f"bad config served {r.status_code}: {r.text[:200]!r}"
+            r = requests.get(url + JWKS_SUFFIX, timeout=10)
+            assert r.status_code >= 500, f"bad config served JWKS {r.status_code}: {r.text[:200]!r}"
         assert upstream.requests == []
         res.envoy.stop()
     log = res.log()
@@ -745,16 +747,19 @@ def test_non_utf8_identity_header_does_not_break_the_worker(envoy, upstream):
     """Header values are client-controlled bytes: a non-UTF-8 value must not kill the (single) worker's VM."""
     e = envoy(lambda url: main_config(url))
     body = json.dumps(rpc("tools/list")).encode()
+    before = upstream_requests_total(e)
     st, _, resp = raw_request(e.url, "POST", "/mcp", headers={**MCP_HEADERS, "x-user-id": b"\xff\xfe-bad",
                                                               "x-team-id": b"caf\xe9"}, body=body)
-    time.sleep(NOT_FORWARDED_WAIT)
-    for req in upstream.requests:  # whatever reached the upstream carries a valid token
+    # Envoy's counter, read after the response, says how many requests were forwarded (no wait).
+    started = upstream_requests_total(e) - before
+    reqs = upstream.wait_for(started) if started else upstream.requests
+    for req in reqs:  # whatever reached the upstream carries a valid token
         verify_with_discovery(req.bearer_token(), e.url, "mcp")
     if st == 200:
-        assert len(upstream.requests) == 1
+        assert started == 1 and len(reqs) == 1, (started, reqs)
     else:
         assert 400 <= st < 500, (st, resp[:200])
-        assert upstream.requests == []
+        assert started == 0 and upstream.requests == [], (started, upstream.requests)
     for i in range(3):
         upstream.clear()
         r = requests.post(e.url + "/mcp", data=body, headers={**MCP_HEADERS, "x-user-id": "alice"}, timeout=10)
