@@ -23,9 +23,11 @@ MODE=${1:-diff}
 JOBS=${MUTANTS_JOBS:-1}
 BASE=${MUTANTS_BASE:-main}
 
-if ! { [ -x "$BIN" ] && [ "$("$BIN" --version 2>/dev/null)" = "cargo-mutants $VERSION" ]; }; then
+# The binary is a cargo subcommand: `cargo-mutants mutants --version` (plain `--version` is refused).
+installed=$([ -x "$BIN" ] && "$BIN" mutants --version 2>/dev/null || true)
+if [ "$installed" != "cargo-mutants $VERSION" ]; then
     echo "installing cargo-mutants $VERSION into $TOOLS (once; a few minutes)"
-    cargo install --locked --version "$VERSION" cargo-mutants --root "$TOOLS"
+    cargo install --locked --force --version "$VERSION" cargo-mutants --root "$TOOLS"
 fi
 
 # What to mutate, and which tests to run. Unit tests only (`--lib`) unless everything is mutated; crypto/ is a
