@@ -19,14 +19,21 @@ use crypto_bigint::{BoxedUint, NonZero, Resize};
 use sha2::{Digest, Sha256};
 
 use super::montgomery::{self, Limbs, Modulus, LIMB_BITS};
+use super::paired::{self, Pair, PairedModulus};
 use crate::crypto::{KeyError, KeyType};
 
 /// Limbs of a 1024-bit prime: 37 * 28 = 1036 bits, so R = 2^1036 > 4p.
 const P_LIMBS: usize = 37;
 /// Limbs of the 2048-bit modulus: 74 * 28 = 2072 bits, R = 2^2072 > 4n.
 const N_LIMBS: usize = 74;
+/// u32 of a pair of prime-sized numbers interleaved with padding (see `paired`).
+const PAIR_WORDS: usize = 80;
 const MODULUS_BYTES: usize = 256;
 const PRIME_BYTES: usize = 128;
+/// The paired kernel where it is faster: with wasm SIMD (where it is about 1.5x faster than two single-lane
+/// exponentiations in V8). Natively, the portable emulation of its vector lanes is about 2x slower than the scalar
+/// single-lane code, which stays.
+const PAIRED: bool = cfg!(all(target_arch = "wasm32", target_feature = "simd128"));
 /// Signatures between two regenerations of the blinding pair from fresh randomness.
 pub const BLINDING_REFRESH: u32 = 32;
 /// Working precision for the one-time precomputations with crypto-bigint.
@@ -64,6 +71,11 @@ pub struct RsaCrt2048 {
     two_p: Limbs<P_LIMBS>,
     /// q^-1 * R mod p.
     q_inv_r: Limbs<P_LIMBS>,
+    /// p and q side by side, for the two exponentiations at once; (R mod p, R mod q) in that layout.
+    pair: PairedModulus<P_LIMBS, PAIR_WORDS>,
+    pair_one: Pair<PAIR_WORDS>,
+    /// Whether the exponentiations run paired ([`PAIRED`]; the tests run both ways).
+    paired: bool,
     n: Modulus<N_LIMBS>,
     n_r2: Limbs<N_LIMBS>,
     e: BoxedUint,
@@ -118,19 +130,23 @@ impl Prime {
         })
     }
 
-    /// c^exponent mod p for c < 2^2072, as canonical limbs (constant time in c and the exponent).
-    fn exponentiate(&self, c: &Limbs<N_LIMBS>, exponent: &[u8]) -> Limbs<P_LIMBS> {
+    /// c * R mod p (below 4p) for c < 2^2072: the Montgomery form of c mod p.
+    fn montgomery_form(&self, c: &Limbs<N_LIMBS>) -> Limbs<P_LIMBS> {
         let mut low = [0u32; P_LIMBS];
         let mut high = [0u32; P_LIMBS];
         low.copy_from_slice(&c[..P_LIMBS]);
         high.copy_from_slice(&c[P_LIMBS..]);
         let m = &self.modulus;
-        // c * R = low * R + high * R^2 (mod p): the Montgomery form of c mod p, below 4p.
-        let c_mont = montgomery::add(&m.mul(&low, &self.r2), &m.mul(&high, &self.r3));
-        let s = m.pow(&c_mont, exponent, PRIME_BYTES * 8, &self.one);
+        // c * R = low * R + high * R^2 (mod p).
+        montgomery::add(&m.mul(&low, &self.r2), &m.mul(&high, &self.r3))
+    }
+
+    /// x R^-1 mod p, canonical (below p), for x below 2p.
+    fn canonical(&self, x: &Limbs<P_LIMBS>) -> Limbs<P_LIMBS> {
         let mut plain_one = [0u32; P_LIMBS];
         plain_one[0] = 1;
-        m.reduce(&m.mul(&s, &plain_one))
+        let m = &self.modulus;
+        m.reduce(&m.mul(x, &plain_one))
     }
 }
 
@@ -167,10 +183,15 @@ impl RsaCrt2048 {
         let n_big = nonzero(n_value)?;
         let r_n = pow2_mod(LIMB_BITS * N_LIMBS as u32, &n_big);
         let p_limbs: Limbs<P_LIMBS> = limbs(p)?;
+        let q_limbs: Limbs<P_LIMBS> = limbs(q)?;
+        let (p_prime, q_prime) = (Prime::new(p, dp)?, Prime::new(q, dq)?);
         let signer = RsaCrt2048 {
-            p: Prime::new(p, dp)?,
-            q: Prime::new(q, dq)?,
-            q_limbs: limbs(q)?,
+            pair: PairedModulus::new(&p_limbs, &q_limbs),
+            pair_one: paired::interleave(&p_prime.one, &q_prime.one),
+            paired: PAIRED,
+            p: p_prime,
+            q: q_prime,
+            q_limbs,
             two_p: montgomery::add(&p_limbs, &p_limbs),
             q_inv_r: limbs(&q_inv.mul_mod(&r_p, &p_nz))?,
             n: Modulus::new(limbs(n_value)?),
@@ -201,10 +222,8 @@ impl RsaCrt2048 {
             let r_mont = n.reduce(&n.mul(&r, &self.n_r2));
             let r = n.reduce(&n.mul(&r_mont, &plain_one));
             let r_pow_e = n.reduce(&n.pow_public(&r_mont, &self.e_bytes, self.e.bit_width() as usize));
-            let r_inv = self.recombine(
-                &self.p.exponentiate(&r, &self.p.p_minus_2),
-                &self.q.exponentiate(&r, &self.q.p_minus_2),
-            );
+            let (r_inv_p, r_inv_q) = self.exponentiate(&r, &self.p.p_minus_2, &self.q.p_minus_2);
+            let r_inv = self.recombine(&r_inv_p, &r_inv_q);
             let r_inv_mont = n.reduce(&n.mul(&r_inv, &self.n_r2));
             // r shares a factor with n with probability about 2^-1023; then r * r^-1 != 1: draw again.
             if n.reduce(&n.mul(&r_mont, &r_inv)) != plain_one {
@@ -217,6 +236,25 @@ impl RsaCrt2048 {
             });
         }
         Err(KeyError::Sign(KeyType::Rsa))
+    }
+
+    /// (c^exp_p mod p, c^exp_q mod q) for c < 2^2072, canonical, constant time in c and both exponents (each
+    /// PRIME_BYTES long): both exponentiations at once, one per SIMD lane (see `paired`).
+    fn exponentiate(&self, c: &Limbs<N_LIMBS>, exp_p: &[u8], exp_q: &[u8]) -> (Limbs<P_LIMBS>, Limbs<P_LIMBS>) {
+        let (c_p, c_q) = (self.p.montgomery_form(c), self.q.montgomery_form(c));
+        let bits = PRIME_BYTES * 8;
+        let (s_p, s_q) = if self.paired {
+            let s = self
+                .pair
+                .pow(&paired::interleave(&c_p, &c_q), exp_p, exp_q, bits, &self.pair_one);
+            paired::split(&s)
+        } else {
+            (
+                self.p.modulus.pow(&c_p, exp_p, bits, &self.p.one),
+                self.q.modulus.pow(&c_q, exp_q, bits, &self.q.one),
+            )
+        };
+        (self.p.canonical(&s_p), self.q.canonical(&s_q))
     }
 
     /// Garner's CRT recombination: the x < n with x = s_p mod p and x = s_q mod q (canonical inputs).
@@ -249,10 +287,8 @@ impl RsaCrt2048 {
         let n = &self.n;
         // m < n (the encoding starts 00 01), so m * (r^e R) * R^-1 = m r^e mod n.
         let c = n.reduce(&n.mul(&m, &r_pow_e));
-        let blinded = self.recombine(
-            &self.p.exponentiate(&c, &self.p.exponent),
-            &self.q.exponentiate(&c, &self.q.exponent),
-        );
+        let (s_p, s_q) = self.exponentiate(&c, &self.p.exponent, &self.q.exponent);
+        let blinded = self.recombine(&s_p, &s_q);
         // Unblind: (m r^e)^d r^-1 = m^d.
         let s = n.reduce(&n.mul(&blinded, &r_inv));
         // Verify before release: s^e must give back m.
@@ -289,14 +325,20 @@ mod tests {
     #[test]
     fn signatures_equal_the_rsa_crates_across_blinding_refreshes() {
         // PKCS#1 v1.5 signatures are deterministic: the fast signer must produce the same bytes.
-        for _ in 0..2 {
+        // Both exponentiation kernels (the paired one through its portable lanes when not on wasm SIMD).
+        for paired in [false, true] {
             let key = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap();
-            let fast = RsaCrt2048::new(&key).expect("2048-bit key");
+            let mut fast = RsaCrt2048::new(&key).expect("2048-bit key");
+            fast.paired = paired;
             let reference = SigningKey::<Sha256>::new(key);
             for i in 0..(BLINDING_REFRESH + 5) {
                 let message = format!("header.payload-{i}");
                 let want = reference.sign(message.as_bytes()).to_vec();
-                assert_eq!(fast.sign(message.as_bytes()).unwrap(), want, "message {i}");
+                assert_eq!(
+                    fast.sign(message.as_bytes()).unwrap(),
+                    want,
+                    "message {i}, paired {paired}"
+                );
             }
         }
     }
