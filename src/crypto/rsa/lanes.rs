@@ -10,7 +10,7 @@
 mod imp {
     use core::arch::wasm32::{
         i32x4_mul, i32x4_shuffle, u32x4, u64x2_add, u64x2_extmul_high_u32x4, u64x2_extmul_low_u32x4, u64x2_shr,
-        u64x2_splat, v128, v128_and, v128_load, v128_load64_zero, v128_or, v128_store, v128_store64_lane,
+        u64x2_splat, v128, v128_and, v128_load, v128_or, v128_store, v128_store64_lane,
     };
 
     /// Four u32 lanes.
@@ -26,12 +26,13 @@ mod imp {
         unsafe { v128_load(x.as_ptr().add(at).cast::<v128>()) }
     }
 
-    /// `x[at..at + 2]` in lanes 0-1, zeros in lanes 2-3 (`at + 2 <= x.len()`).
+    /// `*x`, read anew at each use: a volatile load, which LLVM may not hoist out of a loop. For the operand of
+    /// a widening multiply on the quotient chain: hoisted, its widening moves out of the loop too, and LLVM then
+    /// emits an `i64x2.mul` (nine x64 instructions in V8) instead of `i64x2.extmul_low_i32x4_u` (three).
     #[inline(always)]
-    pub fn load2(x: &[u32], at: usize) -> V {
-        debug_assert!(at + 2 <= x.len());
-        // SAFETY: at + 2 <= x.len(): the 8 bytes read are inside `x`; no alignment requirement.
-        unsafe { v128_load64_zero(x.as_ptr().add(at).cast::<u64>()) }
+    pub fn load_fresh(x: &super::Aligned) -> V {
+        // SAFETY: `Aligned` is 16 bytes with 16-byte alignment: an aligned, in-bounds 16-byte read.
+        unsafe { core::ptr::read_volatile((x as *const super::Aligned).cast::<v128>()) }
     }
 
     /// Writes lanes 0-3 to `x[at..at + 4]` (`at + 4 <= x.len()`).
@@ -135,10 +136,10 @@ mod imp {
         [x[at], x[at + 1], x[at + 2], x[at + 3]]
     }
 
-    /// `x[at..at + 2]` in lanes 0-1, zeros in lanes 2-3 (checked).
+    /// `*x`.
     #[inline(always)]
-    pub fn load2(x: &[u32], at: usize) -> V {
-        [x[at], x[at + 1], 0, 0]
+    pub fn load_fresh(x: &super::Aligned) -> V {
+        x.0
     }
 
     /// Writes lanes 0-3 to `x[at..at + 4]` (checked).
@@ -223,3 +224,7 @@ mod imp {
 }
 
 pub use imp::*;
+
+/// Four u32 lanes in memory, 16-byte aligned (for [`load_fresh`]).
+#[repr(C, align(16))]
+pub struct Aligned(pub [u32; 4]);

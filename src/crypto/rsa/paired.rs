@@ -32,9 +32,26 @@ pub struct PairedModulus<const N: usize, const W: usize> {
     /// Both moduli reversed (limb j at position N - j), for the column sums u_i m_(k-i).
     m_rev: Pair<W>,
     /// (m0 mod p-lane, m0 of q, repeated): the lowest limbs.
-    m0: [u32; 4],
+    m0: lanes::Aligned,
     /// (-p^-1 mod 2^28, 0, -q^-1 mod 2^28, 0).
     m_prime: [u32; 4],
+    /// (2^28 - 1, 0, 2^28 - 1, 0): the low limb of each 64-bit lane. Read from memory rather than written as a
+    /// constant: LLVM would otherwise know the zero lanes, turn the widening multiply that follows the quotient
+    /// into an `i64x2.mul`, and V8 expands that into nine instructions on the serial chain of every column.
+    mask: [u32; 4],
+    /// Where each column of a product reads its runs (the same for every product: computed once), and where
+    /// each column of a square reads its cross products.
+    mul_plan: Vec<Run>,
+    square_plan: Vec<Run>,
+}
+
+/// One run of a column sum: `pairs` limb pairs from u32 offset `x` of the forward operand (and of u) and from
+/// offset `y` of the reversed one (and of m reversed).
+#[derive(Clone, Copy)]
+struct Run {
+    x: u32,
+    y: u32,
+    pairs: u32,
 }
 
 /// The two numbers in the [`Pair`] layout.
@@ -71,8 +88,9 @@ fn reverse<const N: usize, const W: usize>(z: &Pair<W>) -> Pair<W> {
 }
 
 /// Sum over t < pairs of the products of the limb pairs x[xo + 4t..] * y[yo + 4t..] (both 64-bit lanes).
+/// Public for the micro-benchmark (bench/rsa-micro).
 #[inline(always)]
-fn dot(x: &[u32], xo: usize, y: &[u32], yo: usize, pairs: usize) -> V {
+pub fn dot(x: &[u32], xo: usize, y: &[u32], yo: usize, pairs: usize) -> V {
     let (mut s0, mut s1) = (lanes::zero(), lanes::zero());
     for t in 0..pairs {
         let (a, b) = (lanes::load(x, xo + 4 * t), lanes::load(y, yo + 4 * t));
@@ -82,10 +100,11 @@ fn dot(x: &[u32], xo: usize, y: &[u32], yo: usize, pairs: usize) -> V {
     lanes::add64(s0, s1)
 }
 
-/// dot(x, y) + dot(z, w) over runs at the same offsets, in one loop (four independent sums).
+/// dot(x, y) + dot(z, w) over runs at the same offsets, in one loop (four independent sums). Public for the
+/// micro-benchmark.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn dot2(x: &[u32], y: &[u32], z: &[u32], w: &[u32], xo: usize, yo: usize, pairs: usize) -> V {
+pub fn dot2(x: &[u32], y: &[u32], z: &[u32], w: &[u32], xo: usize, yo: usize, pairs: usize) -> V {
     let (mut s0, mut s1, mut s2, mut s3) = (lanes::zero(), lanes::zero(), lanes::zero(), lanes::zero());
     for t in 0..pairs {
         let (a, b) = (lanes::load(x, xo + 4 * t), lanes::load(y, yo + 4 * t));
@@ -123,16 +142,51 @@ impl<const N: usize, const W: usize> PairedModulus<N, W> {
     pub fn new(p: &Limbs<N>, q: &Limbs<N>) -> PairedModulus<N, W> {
         PairedModulus {
             m_rev: reverse::<N, W>(&interleave(p, q)),
-            m0: [p[0], q[0], p[0], q[0]],
+            m0: lanes::Aligned([p[0], q[0], p[0], q[0]]),
             m_prime: [neg_inverse(p[0]), 0, neg_inverse(q[0]), 0],
+            mask: [MASK, 0, MASK, 0],
+            mul_plan: (0..2 * N - 1).map(Self::mul_run).collect(),
+            square_plan: (0..2 * N - 1).map(Self::cross_run).collect(),
+        }
+    }
+
+    /// The run of cross products 2 a_i a_(k-i), i in low..half (i < k - i), of column k of a square: x is 2a, y is
+    /// a reversed. An odd count starts one pair early, at i = low - 1, whose partner is a_N (k >= N) or whose own
+    /// limb is the padding a_(-1) (k < N): a zero either way, so no column has a leftover product.
+    fn cross_run(k: usize) -> Run {
+        let low = (k + 1).saturating_sub(N);
+        let terms = k.div_ceil(2).saturating_sub(low);
+        let first = low + 1 - terms % 2; // position of the first limb
+        Run {
+            x: (2 * first) as u32,
+            y: (2 * (N + first - 1 - k)) as u32,
+            pairs: terms.div_ceil(2) as u32,
+        }
+    }
+
+    /// The run of column k of a product.
+    fn mul_run(k: usize) -> Run {
+        let (x, y, pairs) = if k < N {
+            // a_i b_(k-i) + u_i m_(k-i) for i in 0..=k (u_k is still zero then), k + 1 terms; an odd count starts
+            // one pair early, at i = -1, where a and u read the zero padding.
+            let start = k % 2; // position of the first limb: 0 for i = -1, 1 for i = 0
+            (2 * start, 2 * (N - 1 - k + start), (k + 2) / 2)
+        } else {
+            // i in k+1-N..N, 2N-1-k terms; an odd count ends one pair late, at i = N (padding).
+            (2 * (k + 2 - N), 2, (2 * N - k) / 2)
+        };
+        Run {
+            x: x as u32,
+            y: y as u32,
+            pairs: pairs as u32,
         }
     }
 
     /// The Montgomery quotient digits u = (acc mod 2^28) (-m^-1) mod 2^28 of both lanes, as (u_p, u_q, u_p, u_q).
     #[inline(always)]
     fn quotient(&self, acc: V) -> V {
-        let mask = lanes::from_u32(MASK, 0, MASK, 0);
-        let m_prime = lanes::from_u32(self.m_prime[0], 0, self.m_prime[2], 0);
+        let mask = lanes::load(&self.mask, 0);
+        let m_prime = lanes::load(&self.m_prime, 0);
         // (acc mod 2^28) m' < 2^56: its low 32 bits hold the low 28 we need.
         lanes::pack_even(lanes::and(lanes::mul32(lanes::and(acc, mask), m_prime), mask))
     }
@@ -147,29 +201,21 @@ impl<const N: usize, const W: usize> PairedModulus<N, W> {
     #[inline(always)]
     pub fn mul(&self, a: &Pair<W>, b: &Pair<W>) -> Pair<W> {
         let b_rev = reverse::<N, W>(b);
-        let m0 = lanes::from_u32(self.m0[0], self.m0[1], self.m0[2], self.m0[3]);
         let mut u = [0u32; W];
         let mut out = [0u32; W];
         let mut acc = lanes::zero();
-        for k in 0..N {
-            // Column k: a_i b_(k-i) + u_i m_(k-i) for i in 0..=k (u_k is still zero here), k + 1 terms; an odd
-            // count starts one pair early, at i = -1, where a and u read the zero padding.
-            let start = k % 2; // position of the first limb: 0 for i = -1, 1 for i = 0
-            let pairs = (k + 2) / 2;
-            acc = lanes::add64(
-                acc,
-                dot2(a, &b_rev, &u, &self.m_rev, 2 * start, 2 * (N - 1 - k + start), pairs),
-            );
+        let (low_half, high_half) = self.mul_plan.split_at(N);
+        for (k, run) in low_half.iter().enumerate() {
+            let (x, y, pairs) = (run.x as usize, run.y as usize, run.pairs as usize);
+            acc = lanes::add64(acc, dot2(a, &b_rev, &u, &self.m_rev, x, y, pairs));
             let q = self.quotient(acc);
             lanes::store2(&mut u, 2 * (k + 1), q);
-            acc = lanes::shr28(lanes::add64(acc, lanes::mul_lo(q, m0)));
+            acc = lanes::shr28(lanes::add64(acc, lanes::mul_lo(q, lanes::load_fresh(&self.m0))));
         }
-        for k in N..2 * N - 1 {
-            // Column k: i in k+1-N..N, 2N-1-k terms; an odd count ends one pair late, at i = N (padding).
-            let low = k + 1 - N;
-            let pairs = (2 * N - k) / 2;
-            acc = lanes::add64(acc, dot2(a, &b_rev, &u, &self.m_rev, 2 * (low + 1), 2, pairs));
-            lanes::store2(&mut out, 2 * (k - N + 1), Self::low_limbs(acc));
+        for (j, run) in high_half.iter().enumerate() {
+            let (x, y, pairs) = (run.x as usize, run.y as usize, run.pairs as usize);
+            acc = lanes::add64(acc, dot2(a, &b_rev, &u, &self.m_rev, x, y, pairs));
+            lanes::store2(&mut out, 2 * (j + 1), Self::low_limbs(acc));
             acc = lanes::shr28(acc);
         }
         lanes::store2(&mut out, 2 * N, lanes::pack_even(acc));
@@ -184,44 +230,53 @@ impl<const N: usize, const W: usize> PairedModulus<N, W> {
         for (d, s) in a2.iter_mut().zip(a) {
             *d = s << 1;
         }
-        let m0 = lanes::from_u32(self.m0[0], self.m0[1], self.m0[2], self.m0[3]);
+        // The squares a_h^2 (both lanes, 64 bits each) at u32 offset 4h, two limbs per pair of multiplies (a
+        // single-limb multiply would let LLVM narrow it into an i64x2.mul, which V8 expands to nine
+        // instructions). 4 (N + 1) <= 2W.
+        let mut diagonal = [[0u32; W]; 2];
+        let diagonal = diagonal.as_flattened_mut();
+        for h in (0..N).step_by(2) {
+            let x = lanes::load(a, 2 * (h + 1));
+            lanes::store(diagonal, 4 * h, lanes::mul_lo(x, x));
+            lanes::store(diagonal, 4 * h + 4, lanes::mul_hi(x, x));
+        }
         let mut u = [0u32; W];
         let mut out = [0u32; W];
         let mut acc = lanes::zero();
-        for k in 0..2 * N - 1 {
-            let low = (k + 1).saturating_sub(N);
-            // Cross terms 2 a_i a_(k-i) for i in low..half (i < k - i), then a_(k/2)^2 when k is even.
-            let half = k.div_ceil(2);
-            let terms = half.saturating_sub(low);
-            let mut sum = dot(&a2, 2 * (low + 1), &a_rev, 2 * (N + low - k), terms / 2);
-            if terms % 2 == 1 {
-                let i = half - 1;
-                let x = lanes::load2(&a2, 2 * (i + 1));
-                let y = lanes::load2(&a_rev, 2 * (N + i - k));
-                sum = lanes::add64(sum, lanes::mul_lo(x, y));
-            }
-            if k % 2 == 0 {
-                let x = lanes::load2(a, 2 * (k / 2 + 1));
-                sum = lanes::add64(sum, lanes::mul_lo(x, x));
-            }
-            acc = lanes::add64(acc, sum);
-            if k < N {
-                // u_i m_(k-i) for i in 0..=k as in `mul`.
-                let start = k % 2;
-                let pairs = (k + 2) / 2;
-                acc = lanes::add64(acc, dot(&u, 2 * start, &self.m_rev, 2 * (N - 1 - k + start), pairs));
-                let q = self.quotient(acc);
-                lanes::store2(&mut u, 2 * (k + 1), q);
-                acc = lanes::shr28(lanes::add64(acc, lanes::mul_lo(q, m0)));
-            } else {
-                let pairs = (2 * N - k) / 2;
-                acc = lanes::add64(acc, dot(&u, 2 * (low + 1), &self.m_rev, 2, pairs));
-                lanes::store2(&mut out, 2 * (k - N + 1), Self::low_limbs(acc));
-                acc = lanes::shr28(acc);
-            }
+        let (low_half, high_half) = self.mul_plan.split_at(N);
+        let (cross_low, cross_high) = self.square_plan.split_at(N);
+        for (k, (cross, run)) in cross_low.iter().zip(low_half).enumerate() {
+            acc = lanes::add64(acc, self.square_terms(k, &a2, &a_rev, diagonal, cross));
+            acc = lanes::add64(
+                acc,
+                dot(&u, run.x as usize, &self.m_rev, run.y as usize, run.pairs as usize),
+            );
+            let q = self.quotient(acc);
+            lanes::store2(&mut u, 2 * (k + 1), q);
+            acc = lanes::shr28(lanes::add64(acc, lanes::mul_lo(q, lanes::load_fresh(&self.m0))));
+        }
+        for (j, (cross, run)) in cross_high.iter().zip(high_half).enumerate() {
+            acc = lanes::add64(acc, self.square_terms(N + j, &a2, &a_rev, diagonal, cross));
+            acc = lanes::add64(
+                acc,
+                dot(&u, run.x as usize, &self.m_rev, run.y as usize, run.pairs as usize),
+            );
+            lanes::store2(&mut out, 2 * (j + 1), Self::low_limbs(acc));
+            acc = lanes::shr28(acc);
         }
         lanes::store2(&mut out, 2 * N, lanes::pack_even(acc));
         out
+    }
+
+    /// The square's own terms of column k: the cross products (a2 = 2a against a reversed) and a_(k/2)^2.
+    #[inline(always)]
+    fn square_terms(&self, k: usize, a2: &Pair<W>, a_rev: &Pair<W>, diagonal: &[u32], cross: &Run) -> V {
+        let sum = dot(a2, cross.x as usize, a_rev, cross.y as usize, cross.pairs as usize);
+        if k.is_multiple_of(2) {
+            lanes::add64(sum, lanes::load(diagonal, 2 * k))
+        } else {
+            sum
+        }
     }
 
     /// The table entry of index ip in the p-lane and of index iq in the q-lane, by a masked scan of every entry.
