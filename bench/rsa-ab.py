@@ -9,7 +9,10 @@ the scratch directory) and the token cache off (`token_cache.max_entries: 0`: ev
 with scripts/bench.lua for a warm-up and then a measured window; the mint cost is the filter's own
 `wasmcustom.mcp_jwt_signer.sign_duration_us` histogram over that window (quantiles from bucket counts before and
 after it, as in scripts/bench.py). Builds alternate so that a busy neighbour on the shared machine hits all of them
-alike. Prints one line per run and a summary (median over rounds of each build's window P50, P99 and mean).
+alike. Also Envoy's CPU time per request (all threads, over the window): the histogram is wall time on the
+worker, so a mint that spans a preemption counts the wait too, and on a loaded machine a longer mint is preempted
+more often. Prints one line per run and a summary (median over rounds of each build's window P50, P99, mean and
+CPU per request).
 Not a test: nothing asserts on timings. Every answer must be 2xx and every request must mint, or the run fails.
 """
 
@@ -95,6 +98,9 @@ def main() -> int:
                     "mean": (after["hist"].get("sum", 0) - before["hist"].get("sum", 0)) / n if n else None,
                     "samples": int(n), "minted": minted, "requests": res["requests"], "ok2xx": ok2xx,
                     "other_cpu": cpu["other"],
+                    # Envoy's CPU time (all threads) per request answered: the mint plus the filter's and Envoy's
+                    # per-request work; unlike the wall-time histogram, not inflated when the worker is preempted.
+                    "envoy_cpu_us": cpu["envoy"] * res["duration_us"] / max(1, res["requests"]),
                 }
                 problems = []
                 # Envoy's counters and wrk's count differ by the requests in flight at the window's edges.
@@ -106,15 +112,17 @@ def main() -> int:
                 failed |= bool(problems)
                 results[name].append(row)
                 print(f"round {rnd + 1} {name:>8}: mint P50 {row['p50'] / 1000:.3f} ms, P99 {row['p99'] / 1000:.3f} ms,"
-                      f" mean {row['mean'] / 1000:.3f} ms, {row['samples']} mints, other CPU {cpu['other']:.2f}"
+                      f" mean {row['mean'] / 1000:.3f} ms, Envoy CPU {row['envoy_cpu_us'] / 1000:.3f} ms/request,"
+                      f" {row['samples']} mints, other CPU {cpu['other']:.2f}"
                       f"{'; ' + '; '.join(problems) if problems else ''}", flush=True)
     finally:
         upstream.stop()
     print(f"\nsummary (median over {args.rounds} rounds of each run's window; --concurrency 1, token cache off):")
     for name, rows in results.items():
         per_round = ", ".join(f"{r['p50'] / 1000:.3f}" for r in rows)
-        med = {k: statistics.median(r[k] for r in rows) / 1000 for k in ("p50", "p99", "mean")}
-        print(f"  {name:>8}: mint P50 {med['p50']:.3f} ms, P99 {med['p99']:.3f} ms, mean {med['mean']:.3f} ms"
+        med = {k: statistics.median(r[k] for r in rows) / 1000 for k in ("p50", "p99", "mean", "envoy_cpu_us")}
+        print(f"  {name:>8}: mint P50 {med['p50']:.3f} ms, P99 {med['p99']:.3f} ms, mean {med['mean']:.3f} ms, "
+              f"Envoy CPU {med['envoy_cpu_us']:.3f} ms/request"
               f"  (P50 per round: {per_round})")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return 1 if failed else 0

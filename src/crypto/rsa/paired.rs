@@ -77,14 +77,50 @@ pub fn split<const N: usize, const W: usize>(z: &Pair<W>) -> (Limbs<N>, Limbs<N>
 }
 
 /// Limb j moved from position j + 1 to position N - j (both numbers), padding stays zero.
-#[inline(always)]
 fn reverse<const N: usize, const W: usize>(z: &Pair<W>) -> Pair<W> {
     let mut out = [0u32; W];
+    reverse_into::<N, W>(z, &mut out);
+    out
+}
+
+/// [`reverse`] into `out`, whose padding must be zero (only positions 1..=N are written).
+#[inline(always)]
+fn reverse_into<const N: usize, const W: usize>(z: &Pair<W>, out: &mut Pair<W>) {
     for j in 0..N {
         out[2 * (N - j)] = z[2 * (j + 1)];
         out[2 * (N - j) + 1] = z[2 * (j + 1) + 1];
     }
-    out
+}
+
+/// Work space of the products and squares of one exponentiation, zeroed once: every product rewrites what it
+/// reads except the zero padding (and digit slot 0 of `u`, which it clears itself).
+pub struct Scratch<const W: usize> {
+    /// The reversed operand.
+    rev: Pair<W>,
+    /// The doubled operand of a square.
+    doubled: Pair<W>,
+    /// The squares a_h^2 of a square's operand, four u32 per limb.
+    diagonal: [[u32; W]; 2],
+    /// The quotient digits.
+    u: Pair<W>,
+}
+
+impl<const W: usize> Scratch<W> {
+    /// All zeros.
+    pub fn new() -> Scratch<W> {
+        Scratch {
+            rev: [0; W],
+            doubled: [0; W],
+            diagonal: [[0; W]; 2],
+            u: [0; W],
+        }
+    }
+}
+
+impl<const W: usize> Default for Scratch<W> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Sum over t < pairs of the products of the limb pairs x[xo + 4t..] * y[yo + 4t..] (both 64-bit lanes).
@@ -198,79 +234,103 @@ impl<const N: usize, const W: usize> PairedModulus<N, W> {
     }
 
     /// (a_p b_p R^-1 mod p, a_q b_q R^-1 mod q), each below 2m when a b < R m.
-    #[inline(always)]
     pub fn mul(&self, a: &Pair<W>, b: &Pair<W>) -> Pair<W> {
-        let b_rev = reverse::<N, W>(b);
-        let mut u = [0u32; W];
         let mut out = [0u32; W];
+        self.mul_into(a, b, &mut Scratch::new(), &mut out);
+        out
+    }
+
+    /// [`Self::mul`] into `out`, whose padding must be zero (it stays zero), with reusable scratch space.
+    #[inline(always)]
+    pub fn mul_into(&self, a: &Pair<W>, b: &Pair<W>, scratch: &mut Scratch<W>, out: &mut Pair<W>) {
+        reverse_into::<N, W>(b, &mut scratch.rev);
+        let (b_rev, u) = (&scratch.rev, &mut scratch.u);
+        Self::clear_first_digit(u);
         let mut acc = lanes::zero();
         let (low_half, high_half) = self.mul_plan.split_at(N);
         for (k, run) in low_half.iter().enumerate() {
             let (x, y, pairs) = (run.x as usize, run.y as usize, run.pairs as usize);
-            acc = lanes::add64(acc, dot2(a, &b_rev, &u, &self.m_rev, x, y, pairs));
-            let q = self.quotient(acc);
-            lanes::store2(&mut u, 2 * (k + 1), q);
-            acc = lanes::shr28(lanes::add64(acc, lanes::mul_lo(q, lanes::load_fresh(&self.m0))));
+            acc = lanes::add64(acc, dot2(a, b_rev, u, &self.m_rev, x, y, pairs));
+            acc = self.reduce_digit(k, acc, u);
         }
         for (j, run) in high_half.iter().enumerate() {
             let (x, y, pairs) = (run.x as usize, run.y as usize, run.pairs as usize);
-            acc = lanes::add64(acc, dot2(a, &b_rev, &u, &self.m_rev, x, y, pairs));
-            lanes::store2(&mut out, 2 * (j + 1), Self::low_limbs(acc));
+            acc = lanes::add64(acc, dot2(a, b_rev, u, &self.m_rev, x, y, pairs));
+            lanes::store2(out, 2 * (j + 1), Self::low_limbs(acc));
             acc = lanes::shr28(acc);
         }
-        lanes::store2(&mut out, 2 * N, lanes::pack_even(acc));
-        out
+        lanes::store2(out, 2 * N, lanes::pack_even(acc));
+    }
+
+    /// Zeroes digit slot 0 of `u` before a product: column k reads slot k before it writes it, and the digit
+    /// stores below zero slot k + 1 on the way (so the scratch needs no clearing between products).
+    #[inline(always)]
+    fn clear_first_digit(u: &mut Pair<W>) {
+        lanes::store2(u, 2, lanes::zero());
+    }
+
+    /// The quotient digit u_k of column k < N: stored with slot k + 1 zeroed in one 16-byte store (which the next
+    /// column's last 16-byte load of u can take straight from the store buffer), and the column's carry
+    /// (acc + u_k m_0) >> 28 returned.
+    #[inline(always)]
+    fn reduce_digit(&self, k: usize, acc: V, u: &mut Pair<W>) -> V {
+        let q = self.quotient(acc);
+        lanes::store(u, 2 * (k + 1), lanes::and(q, lanes::from_u32(!0, !0, 0, 0)));
+        lanes::shr28(lanes::add64(acc, lanes::mul_lo(q, lanes::load_fresh(&self.m0))))
     }
 
     /// (a_p^2 R^-1 mod p, a_q^2 R^-1 mod q): each cross product once, against the doubled operand.
-    #[inline(always)]
     pub fn square(&self, a: &Pair<W>) -> Pair<W> {
-        let a_rev = reverse::<N, W>(a);
-        let mut a2 = [0u32; W];
-        for (d, s) in a2.iter_mut().zip(a) {
+        let mut out = [0u32; W];
+        self.square_into(a, &mut Scratch::new(), &mut out);
+        out
+    }
+
+    /// [`Self::square`] into `out`, whose padding must be zero (it stays zero), with reusable scratch space.
+    #[inline(always)]
+    pub fn square_into(&self, a: &Pair<W>, scratch: &mut Scratch<W>, out: &mut Pair<W>) {
+        reverse_into::<N, W>(a, &mut scratch.rev);
+        for (d, s) in scratch.doubled.iter_mut().zip(a) {
             *d = s << 1;
         }
         // The squares a_h^2 (both lanes, 64 bits each) at u32 offset 4h, two limbs per pair of multiplies (a
         // single-limb multiply would let LLVM narrow it into an i64x2.mul, which V8 expands to nine
         // instructions). 4 (N + 1) <= 2W.
-        let mut diagonal = [[0u32; W]; 2];
-        let diagonal = diagonal.as_flattened_mut();
+        let diagonal = scratch.diagonal.as_flattened_mut();
         for h in (0..N).step_by(2) {
             let x = lanes::load(a, 2 * (h + 1));
             lanes::store(diagonal, 4 * h, lanes::mul_lo(x, x));
             lanes::store(diagonal, 4 * h + 4, lanes::mul_hi(x, x));
         }
-        let mut u = [0u32; W];
-        let mut out = [0u32; W];
+        let (a2, a_rev, u) = (&scratch.doubled, &scratch.rev, &mut scratch.u);
+        let diagonal = scratch.diagonal.as_flattened();
+        Self::clear_first_digit(u);
         let mut acc = lanes::zero();
         let (low_half, high_half) = self.mul_plan.split_at(N);
         let (cross_low, cross_high) = self.square_plan.split_at(N);
         for (k, (cross, run)) in cross_low.iter().zip(low_half).enumerate() {
-            acc = lanes::add64(acc, self.square_terms(k, &a2, &a_rev, diagonal, cross));
+            acc = lanes::add64(acc, Self::square_terms(k, a2, a_rev, diagonal, cross));
             acc = lanes::add64(
                 acc,
-                dot(&u, run.x as usize, &self.m_rev, run.y as usize, run.pairs as usize),
+                dot(u, run.x as usize, &self.m_rev, run.y as usize, run.pairs as usize),
             );
-            let q = self.quotient(acc);
-            lanes::store2(&mut u, 2 * (k + 1), q);
-            acc = lanes::shr28(lanes::add64(acc, lanes::mul_lo(q, lanes::load_fresh(&self.m0))));
+            acc = self.reduce_digit(k, acc, u);
         }
         for (j, (cross, run)) in cross_high.iter().zip(high_half).enumerate() {
-            acc = lanes::add64(acc, self.square_terms(N + j, &a2, &a_rev, diagonal, cross));
+            acc = lanes::add64(acc, Self::square_terms(N + j, a2, a_rev, diagonal, cross));
             acc = lanes::add64(
                 acc,
-                dot(&u, run.x as usize, &self.m_rev, run.y as usize, run.pairs as usize),
+                dot(u, run.x as usize, &self.m_rev, run.y as usize, run.pairs as usize),
             );
-            lanes::store2(&mut out, 2 * (j + 1), Self::low_limbs(acc));
+            lanes::store2(out, 2 * (j + 1), Self::low_limbs(acc));
             acc = lanes::shr28(acc);
         }
-        lanes::store2(&mut out, 2 * N, lanes::pack_even(acc));
-        out
+        lanes::store2(out, 2 * N, lanes::pack_even(acc));
     }
 
     /// The square's own terms of column k: the cross products (a2 = 2a against a reversed) and a_(k/2)^2.
     #[inline(always)]
-    fn square_terms(&self, k: usize, a2: &Pair<W>, a_rev: &Pair<W>, diagonal: &[u32], cross: &Run) -> V {
+    fn square_terms(k: usize, a2: &Pair<W>, a_rev: &Pair<W>, diagonal: &[u32], cross: &Run) -> V {
         let sum = dot(a2, cross.x as usize, a_rev, cross.y as usize, cross.pairs as usize);
         if k.is_multiple_of(2) {
             lanes::add64(sum, lanes::load(diagonal, 2 * k))
@@ -283,38 +343,61 @@ impl<const N: usize, const W: usize> PairedModulus<N, W> {
     #[inline(always)]
     fn select(table: &[Pair<W>; 1 << WINDOW], ip: u32, iq: u32) -> Pair<W> {
         let mut chosen = [0u32; W];
-        for (j, entry) in table.iter().enumerate() {
-            let (mp, mq) = (eq_mask(j as u32, ip), eq_mask(j as u32, iq));
-            let mask = lanes::from_u32(mp, mq, mp, mq);
-            for c in (0..W).step_by(4) {
-                let v = lanes::or(lanes::load(&chosen, c), lanes::and(lanes::load(entry, c), mask));
-                lanes::store(&mut chosen, c, v);
-            }
-        }
+        Self::select_into(table, ip, iq, &mut chosen);
         chosen
+    }
+
+    /// [`Self::select`] into `chosen` (every word is written).
+    #[inline(always)]
+    fn select_into(table: &[Pair<W>; 1 << WINDOW], ip: u32, iq: u32, chosen: &mut Pair<W>) {
+        let mut masks = [lanes::zero(); 1 << WINDOW];
+        for (j, mask) in masks.iter_mut().enumerate() {
+            let (mp, mq) = (eq_mask(j as u32, ip), eq_mask(j as u32, iq));
+            *mask = lanes::from_u32(mp, mq, mp, mq);
+        }
+        // Chunk by chunk, every entry and-ed with its mask and or-ed in a register.
+        for c in (0..W).step_by(4) {
+            let mut v = lanes::zero();
+            for (entry, mask) in table.iter().zip(&masks) {
+                v = lanes::or(v, lanes::and(lanes::load(entry, c), *mask));
+            }
+            lanes::store(chosen, c, v);
+        }
     }
 
     /// (base_p^exp_p, base_q^exp_q) in Montgomery form, with a fixed 5-bit window: both exponents big-endian and
     /// `bits` (public) bits long; `one` is (R mod p, R mod q).
     pub fn pow(&self, base: &Pair<W>, exp_p: &[u8], exp_q: &[u8], bits: usize, one: &Pair<W>) -> Pair<W> {
+        let mut scratch = Scratch::new();
         let mut table = [[0u32; W]; 1 << WINDOW];
         table[0] = *one;
         table[1] = *base;
         for i in 2..table.len() {
-            table[i] = self.mul(&table[i - 1], base);
+            let (done, rest) = table.split_at_mut(i);
+            // Even entries as squares of half their index (cheaper than a product).
+            if i % 2 == 0 {
+                self.square_into(&done[i / 2], &mut scratch, &mut rest[0]);
+            } else {
+                self.mul_into(&done[i - 1], base, &mut scratch, &mut rest[0]);
+            }
         }
         let windows = bits.div_ceil(WINDOW).max(1);
         let top = windows - 1;
-        // The top window starts the accumulator (instead of squaring one WINDOW times).
+        // The top window starts the accumulator (instead of squaring one WINDOW times). Two buffers take turns
+        // as input and output (their padding stays zero).
+        let (mut buffer, mut chosen) = ([0u32; W], [0u32; W]);
         let mut acc = Self::select(&table, window(exp_p, bits, top), window(exp_q, bits, top));
+        let (mut cur, mut next) = (&mut acc, &mut buffer);
         for w in (0..top).rev() {
             for _ in 0..WINDOW {
-                acc = self.square(&acc);
+                self.square_into(cur, &mut scratch, next);
+                core::mem::swap(&mut cur, &mut next);
             }
-            let chosen = Self::select(&table, window(exp_p, bits, w), window(exp_q, bits, w));
-            acc = self.mul(&acc, &chosen);
+            Self::select_into(&table, window(exp_p, bits, w), window(exp_q, bits, w), &mut chosen);
+            self.mul_into(cur, &chosen, &mut scratch, next);
+            core::mem::swap(&mut cur, &mut next);
         }
-        acc
+        *cur
     }
 }
 
