@@ -1,12 +1,16 @@
 //! A faster constant-time RS256 signer for 2048-bit keys: RSA-CRT on [`super::montgomery`] arithmetic, with
-//! the key's Montgomery constants computed once when the key is loaded instead of on every signature.
+//! the key's Montgomery constants computed once when the key is loaded instead of on every signature. With wasm
+//! SIMD the two exponentiations (mod p and mod q) run at once, one per vector lane ([`super::paired`]).
+//!
+//! A signature works on the residues mod p and mod q only: blind, exponentiate, unblind, then Garner's
+//! recombination into s mod n, then the check s^e = m mod p and mod q (equivalent to mod n by the CRT).
 //!
 //! Side-channel defences:
-//! - every operation on secret values is constant time (see `montgomery`);
+//! - every operation on secret values is constant time (see `montgomery` and `paired`);
 //! - base blinding: the message is multiplied by r^e before exponentiation and the result by r^-1 after, so
-//!   the exponentiations never see a value an attacker chose. The pair (r^e, r^-1) is updated by squaring
-//!   after each signature and regenerated from fresh randomness every [`BLINDING_REFRESH`] signatures (the
-//!   scheme OpenSSL and BoringSSL use);
+//!   the exponentiations never see a value an attacker chose. The pair (r^e, r^-1), kept as residues, is
+//!   updated by squaring after each signature and regenerated from fresh randomness every [`BLINDING_REFRESH`]
+//!   signatures (the scheme OpenSSL and BoringSSL use);
 //! - every signature is verified (s^e == m) before it leaves, so a fault in the CRT computation can never
 //!   release a signature that would leak a prime (Boneh-DeMillo-Lipton).
 //!
@@ -24,7 +28,7 @@ use crate::crypto::{KeyError, KeyType};
 
 /// Limbs of a 1024-bit prime: 37 * 28 = 1036 bits, so R = 2^1036 > 4p.
 const P_LIMBS: usize = 37;
-/// Limbs of the 2048-bit modulus: 74 * 28 = 2072 bits, R = 2^2072 > 4n.
+/// Limbs of a 2048-bit number (the message, the signature): 74 * 28 = 2072 bits.
 const N_LIMBS: usize = 74;
 /// u32 of a pair of prime-sized numbers interleaved with padding (see `paired`).
 const PAIR_WORDS: usize = 80;
@@ -57,27 +61,88 @@ struct Prime {
 }
 
 struct Blinding {
-    /// r^e * R mod n and r^-1 * R mod n (Montgomery form).
-    r_pow_e: Limbs<N_LIMBS>,
-    r_inv: Limbs<N_LIMBS>,
+    /// (r^e R mod p, r^e R mod q) and (r^-1 R mod p, r^-1 R mod q): the pair as residues, in Montgomery form.
+    r_pow_e: Pair<PAIR_WORDS>,
+    r_inv: Pair<PAIR_WORDS>,
     uses: u32,
+}
+
+/// The two primes, for arithmetic on residue pairs (x mod p, x mod q) held in the interleaved layout of
+/// `paired`: both lanes at once with wasm SIMD, otherwise one prime after the other on the scalar code.
+struct Primes {
+    p: Prime,
+    q: Prime,
+    pair: PairedModulus<P_LIMBS, PAIR_WORDS>,
+    /// (R mod p, R mod q).
+    one: Pair<PAIR_WORDS>,
+    /// Whether to run paired ([`PAIRED`]; the tests run both ways).
+    paired: bool,
+}
+
+impl Primes {
+    /// (a b R^-1 mod p, mod q), each below 2m when a b < R m (e.g. a below 4m, b below 2m).
+    fn mul(&self, a: &Pair<PAIR_WORDS>, b: &Pair<PAIR_WORDS>) -> Pair<PAIR_WORDS> {
+        if self.paired {
+            return self.pair.mul(a, b);
+        }
+        let ((a_p, a_q), (b_p, b_q)) = (paired::split(a), paired::split(b));
+        paired::interleave(&self.p.modulus.mul(&a_p, &b_p), &self.q.modulus.mul(&a_q, &b_q))
+    }
+
+    /// (a^2 R^-1 mod p, mod q).
+    fn square(&self, a: &Pair<PAIR_WORDS>) -> Pair<PAIR_WORDS> {
+        if self.paired {
+            return self.pair.square(a);
+        }
+        let (a_p, a_q) = paired::split(a);
+        paired::interleave(&self.p.modulus.square(&a_p), &self.q.modulus.square(&a_q))
+    }
+
+    /// (base^exp_p mod p, base^exp_q mod q), Montgomery form in and out, constant time in the base and in both
+    /// (secret) exponents, each PRIME_BYTES long.
+    fn pow(&self, base: &Pair<PAIR_WORDS>, exp_p: &[u8], exp_q: &[u8]) -> Pair<PAIR_WORDS> {
+        let bits = PRIME_BYTES * 8;
+        if self.paired {
+            return self.pair.pow(base, exp_p, exp_q, bits, &self.one);
+        }
+        let (b_p, b_q) = paired::split(base);
+        paired::interleave(
+            &self.p.modulus.pow(&b_p, exp_p, bits, &self.p.one),
+            &self.q.modulus.pow(&b_q, exp_q, bits, &self.q.one),
+        )
+    }
+
+    /// (base^exp mod p, mod q) for a PUBLIC exponent (time depends on its bits), Montgomery form in and out.
+    fn pow_public(&self, base: &Pair<PAIR_WORDS>, exp: &[u8], exp_bits: usize) -> Pair<PAIR_WORDS> {
+        if self.paired {
+            return self.pair.pow_public(base, exp, exp_bits);
+        }
+        let (b_p, b_q) = paired::split(base);
+        paired::interleave(
+            &self.p.modulus.pow_public(&b_p, exp, exp_bits),
+            &self.q.modulus.pow_public(&b_q, exp, exp_bits),
+        )
+    }
+
+    /// (x R mod p, x R mod q), each below 4m, for x < 2^2072: the Montgomery forms of x's residues.
+    fn montgomery_form(&self, x: &Limbs<N_LIMBS>) -> Pair<PAIR_WORDS> {
+        paired::interleave(&self.p.montgomery_form(x), &self.q.montgomery_form(x))
+    }
+
+    /// (z_p R^-1 mod p, z_q R^-1 mod q), canonical (below p and q).
+    fn canonical(&self, z: &Pair<PAIR_WORDS>) -> (Limbs<P_LIMBS>, Limbs<P_LIMBS>) {
+        let (z_p, z_q) = paired::split(z);
+        (self.p.canonical(&z_p), self.q.canonical(&z_q))
+    }
 }
 
 /// An RSA-2048 key prepared for constant-time CRT signing with base blinding.
 pub struct RsaCrt2048 {
-    p: Prime,
-    q: Prime,
+    primes: Primes,
     q_limbs: Limbs<P_LIMBS>,
     two_p: Limbs<P_LIMBS>,
     /// q^-1 * R mod p.
     q_inv_r: Limbs<P_LIMBS>,
-    /// p and q side by side, for the two exponentiations at once; (R mod p, R mod q) in that layout.
-    pair: PairedModulus<P_LIMBS, PAIR_WORDS>,
-    pair_one: Pair<PAIR_WORDS>,
-    /// Whether the exponentiations run paired ([`PAIRED`]; the tests run both ways).
-    paired: bool,
-    n: Modulus<N_LIMBS>,
-    n_r2: Limbs<N_LIMBS>,
     e: BoxedUint,
     e_bytes: Vec<u8>,
     blinding: Mutex<Blinding>,
@@ -141,7 +206,8 @@ impl Prime {
         montgomery::add(&m.mul(&low, &self.r2), &m.mul(&high, &self.r3))
     }
 
-    /// x R^-1 mod p, canonical (below p), for x below 2p.
+    /// x R^-1 mod p, canonical (below p), for any x below R (the product x * 1 is below R p, so one
+    /// conditional subtraction finishes it).
     fn canonical(&self, x: &Limbs<P_LIMBS>) -> Limbs<P_LIMBS> {
         let mut plain_one = [0u32; P_LIMBS];
         plain_one[0] = 1;
@@ -179,89 +245,64 @@ impl RsaCrt2048 {
             format: "q has no inverse mod p",
         })?;
         let r_p = pow2_mod(LIMB_BITS * P_LIMBS as u32, &p_nz);
-        let n_value = key.n().as_ref();
-        let n_big = nonzero(n_value)?;
-        let r_n = pow2_mod(LIMB_BITS * N_LIMBS as u32, &n_big);
         let p_limbs: Limbs<P_LIMBS> = limbs(p)?;
         let q_limbs: Limbs<P_LIMBS> = limbs(q)?;
         let (p_prime, q_prime) = (Prime::new(p, dp)?, Prime::new(q, dq)?);
         let signer = RsaCrt2048 {
-            pair: PairedModulus::new(&p_limbs, &q_limbs),
-            pair_one: paired::interleave(&p_prime.one, &q_prime.one),
-            paired: PAIRED,
-            p: p_prime,
-            q: q_prime,
+            primes: Primes {
+                pair: PairedModulus::new(&p_limbs, &q_limbs),
+                one: paired::interleave(&p_prime.one, &q_prime.one),
+                paired: PAIRED,
+                p: p_prime,
+                q: q_prime,
+            },
             q_limbs,
             two_p: montgomery::add(&p_limbs, &p_limbs),
             q_inv_r: limbs(&q_inv.mul_mod(&r_p, &p_nz))?,
-            n: Modulus::new(limbs(n_value)?),
-            n_r2: limbs(&r_n.mul_mod(&r_n, &n_big))?,
             e: wide(key.e()),
             e_bytes: key.e().to_be_bytes().to_vec(),
             blinding: Mutex::new(Blinding {
-                r_pow_e: [0; N_LIMBS],
-                r_inv: [0; N_LIMBS],
+                r_pow_e: [0; PAIR_WORDS],
+                r_inv: [0; PAIR_WORDS],
                 uses: BLINDING_REFRESH,
             }),
         };
         Ok(signer)
     }
 
-    /// A fresh blinding pair from the OS random source: r^e and r^-1 mod n for a random r. The inverse comes from
-    /// Fermat per prime (r^(p-2) mod p, r^(q-2) mod q, recombined), all on the constant-time Montgomery code: a
-    /// refresh costs about one signature, not the hundreds of milliseconds a 2048-bit gcd inverse takes in wasm.
+    /// A fresh blinding pair from the OS random source: r^e and r^-1 for a random r, as residues mod p and q
+    /// (nothing here needs them mod n). The inverse is Fermat's (r^(p-2) mod p, r^(q-2) mod q), both at once on
+    /// the constant-time code: a refresh costs about one signature, not the hundreds of milliseconds a 2048-bit
+    /// gcd inverse takes in wasm.
     fn fresh_blinding(&self) -> Result<Blinding, KeyError> {
-        let n = &self.n;
-        let mut plain_one = [0u32; N_LIMBS];
+        let primes = &self.primes;
+        let mut plain_one = [0u32; P_LIMBS];
         plain_one[0] = 1;
         for _ in 0..8 {
             let mut bytes = [0u8; MODULUS_BYTES];
             getrandom::fill(&mut bytes).map_err(|_| KeyError::Sign(KeyType::Rsa))?;
             let r: Limbs<N_LIMBS> = montgomery::from_be_bytes(&bytes).ok_or(KeyError::Sign(KeyType::Rsa))?;
-            // r < 2^2048 < R, so r * R^2 * R^-1 = r R mod n: the Montgomery form of r mod n, then canonical r.
-            let r_mont = n.reduce(&n.mul(&r, &self.n_r2));
-            let r = n.reduce(&n.mul(&r_mont, &plain_one));
-            let r_pow_e = n.reduce(&n.pow_public(&r_mont, &self.e_bytes, self.e.bit_width() as usize));
-            let (r_inv_p, r_inv_q) = self.exponentiate(&r, &self.p.p_minus_2, &self.q.p_minus_2);
-            let r_inv = self.recombine(&r_inv_p, &r_inv_q);
-            let r_inv_mont = n.reduce(&n.mul(&r_inv, &self.n_r2));
-            // r shares a factor with n with probability about 2^-1023; then r * r^-1 != 1: draw again.
-            if n.reduce(&n.mul(&r_mont, &r_inv)) != plain_one {
+            let r_mont = primes.montgomery_form(&r);
+            let r_pow_e = primes.pow_public(&r_mont, &self.e_bytes, self.e.bit_width() as usize);
+            let r_inv = primes.pow(&r_mont, &primes.p.p_minus_2, &primes.q.p_minus_2);
+            // r is 0 mod p or mod q with probability about 2^-1023; then r * r^-1 != 1 there: draw again.
+            if primes.canonical(&primes.mul(&r_mont, &r_inv)) != (plain_one, plain_one) {
                 continue;
             }
             return Ok(Blinding {
                 r_pow_e,
-                r_inv: r_inv_mont,
+                r_inv,
                 uses: 0,
             });
         }
         Err(KeyError::Sign(KeyType::Rsa))
     }
 
-    /// (c^exp_p mod p, c^exp_q mod q) for c < 2^2072, canonical, constant time in c and both exponents (each
-    /// PRIME_BYTES long): both exponentiations at once, one per SIMD lane (see `paired`).
-    fn exponentiate(&self, c: &Limbs<N_LIMBS>, exp_p: &[u8], exp_q: &[u8]) -> (Limbs<P_LIMBS>, Limbs<P_LIMBS>) {
-        let (c_p, c_q) = (self.p.montgomery_form(c), self.q.montgomery_form(c));
-        let bits = PRIME_BYTES * 8;
-        let (s_p, s_q) = if self.paired {
-            let s = self
-                .pair
-                .pow(&paired::interleave(&c_p, &c_q), exp_p, exp_q, bits, &self.pair_one);
-            paired::split(&s)
-        } else {
-            (
-                self.p.modulus.pow(&c_p, exp_p, bits, &self.p.one),
-                self.q.modulus.pow(&c_q, exp_q, bits, &self.q.one),
-            )
-        };
-        (self.p.canonical(&s_p), self.q.canonical(&s_q))
-    }
-
     /// Garner's CRT recombination: the x < n with x = s_p mod p and x = s_q mod q (canonical inputs).
     fn recombine(&self, s_p: &Limbs<P_LIMBS>, s_q: &Limbs<P_LIMBS>) -> Limbs<N_LIMBS> {
         // h = (s_p - s_q) q^-1 mod p; x = s_q + h q. s_q < q < 2p, so s_p + 2p - s_q > 0.
         let (difference, _) = montgomery::sub(&montgomery::add(s_p, &self.two_p), s_q);
-        let p = &self.p.modulus;
+        let p = &self.primes.p.modulus;
         let h = p.reduce(&p.mul(&difference, &self.q_inv_r));
         let mut s_q_wide = [0u32; N_LIMBS];
         s_q_wide[..P_LIMBS].copy_from_slice(s_q);
@@ -269,7 +310,11 @@ impl RsaCrt2048 {
     }
 
     /// RSASSA-PKCS1-v1_5 with SHA-256 (RFC 8017 section 8.2.1): the 256-byte signature of `message`.
+    ///
+    /// Everything runs on the residues mod p and q: blinding, both exponentiations at once, unblinding, then
+    /// Garner's recombination, and the check s^e = m mod p and mod q (the same as mod n, by the CRT).
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let primes = &self.primes;
         let em = encode_pkcs1v15_sha256(message);
         let m: Limbs<N_LIMBS> = montgomery::from_be_bytes(&em).ok_or(KeyError::Sign(KeyType::Rsa))?;
         let (r_pow_e, r_inv) = {
@@ -279,25 +324,21 @@ impl RsaCrt2048 {
             }
             let current = (blinding.r_pow_e, blinding.r_inv);
             // (r^2)^e and (r^2)^-1: squaring keeps the pair consistent and Montgomery form intact.
-            blinding.r_pow_e = self.n.square(&blinding.r_pow_e);
-            blinding.r_inv = self.n.square(&blinding.r_inv);
+            blinding.r_pow_e = primes.square(&blinding.r_pow_e);
+            blinding.r_inv = primes.square(&blinding.r_inv);
             blinding.uses += 1;
             current
         };
-        let n = &self.n;
-        // m < n (the encoding starts 00 01), so m * (r^e R) * R^-1 = m r^e mod n.
-        let c = n.reduce(&n.mul(&m, &r_pow_e));
-        let (s_p, s_q) = self.exponentiate(&c, &self.p.exponent, &self.q.exponent);
-        let blinded = self.recombine(&s_p, &s_q);
-        // Unblind: (m r^e)^d r^-1 = m^d.
-        let s = n.reduce(&n.mul(&blinded, &r_inv));
-        // Verify before release: s^e must give back m.
-        let s_mont = n.mul(&s, &self.n_r2);
-        let e_bits = self.e.bit_width() as usize;
-        let check = n.pow_public(&s_mont, &self.e_bytes, e_bits);
-        let mut plain_one = [0u32; N_LIMBS];
-        plain_one[0] = 1;
-        if n.reduce(&n.mul(&check, &plain_one)) != m {
+        // Blind: (m R) (r^e R) R^-1 = m r^e R per prime.
+        let c = primes.mul(&primes.montgomery_form(&m), &r_pow_e);
+        // (m r^e)^d = m^d r (mod p: e d_p = 1 mod p - 1), and the same mod q; unblind with r^-1.
+        let s = primes.mul(&primes.pow(&c, &primes.p.exponent, &primes.q.exponent), &r_inv);
+        let (s_p, s_q) = primes.canonical(&s);
+        let s = self.recombine(&s_p, &s_q);
+        // Verify before release: s^e must give back m, mod p and mod q, from the recombined s and from residues
+        // of m computed anew (a fault in the residues used for blinding must not slip through the check).
+        let check = primes.pow_public(&primes.montgomery_form(&s), &self.e_bytes, self.e.bit_width() as usize);
+        if primes.canonical(&check) != primes.canonical(&primes.montgomery_form(&m)) {
             return Err(KeyError::Sign(KeyType::Rsa));
         }
         Ok(montgomery::to_be_bytes(&s, MODULUS_BYTES))
@@ -329,7 +370,7 @@ mod tests {
         for paired in [false, true] {
             let key = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap();
             let mut fast = RsaCrt2048::new(&key).expect("2048-bit key");
-            fast.paired = paired;
+            fast.primes.paired = paired;
             let reference = SigningKey::<Sha256>::new(key);
             for i in 0..(BLINDING_REFRESH + 5) {
                 let message = format!("header.payload-{i}");

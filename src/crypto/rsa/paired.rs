@@ -365,6 +365,25 @@ impl<const N: usize, const W: usize> PairedModulus<N, W> {
         }
     }
 
+    /// (base_p^exp, base_q^exp) for a PUBLIC exponent (e.g. RSA's e = 65537) shared by both lanes, by
+    /// left-to-right square-and-multiply: its time depends on the exponent's bits, which is why it must never
+    /// see a secret one. Montgomery form in and out, `exp_bits` >= 1, base below 4m.
+    pub fn pow_public(&self, base: &Pair<W>, exp: &[u8], exp_bits: usize) -> Pair<W> {
+        let mut scratch = Scratch::new();
+        let (mut acc, mut buffer) = (*base, [0u32; W]);
+        let (mut cur, mut next) = (&mut acc, &mut buffer);
+        for bit in (0..exp_bits.saturating_sub(1)).rev() {
+            self.square_into(cur, &mut scratch, next);
+            core::mem::swap(&mut cur, &mut next);
+            let byte = exp.get(exp.len().wrapping_sub(1 + bit / 8)).copied().unwrap_or(0);
+            if (byte >> (bit % 8)) & 1 == 1 {
+                self.mul_into(cur, base, &mut scratch, next);
+                core::mem::swap(&mut cur, &mut next);
+            }
+        }
+        *cur
+    }
+
     /// (base_p^exp_p, base_q^exp_q) in Montgomery form, with a fixed 5-bit window: both exponents big-endian and
     /// `bits` (public) bits long; `one` is (R mod p, R mod q).
     pub fn pow(&self, base: &Pair<W>, exp_p: &[u8], exp_q: &[u8], bits: usize, one: &Pair<W>) -> Pair<W> {
@@ -480,6 +499,10 @@ mod tests {
             assert_eq!(out_p(&rp), want_p);
             assert_eq!(out_q(&rq), want_q);
             assert_eq!(out_p(&rp), out_p(&sp.pow(&xm, &ep, e_bits, &p_one)));
+            let e = [0x01, 0x00, 0x01];
+            let (vp, vq) = split::<N, W>(&paired.pow_public(&interleave(&xm2, &ym), &e, 17));
+            assert_eq!(out_p(&vp), out_p(&sp.pow_public(&xm2, &e, 17)));
+            assert_eq!(out_q(&vq), out_q(&sq.pow_public(&ym, &e, 17)));
             assert_eq!(out_q(&rq), out_q(&sq.pow(&ym, &eq, e_bits, &q_one)));
         }
     }
