@@ -36,6 +36,12 @@ import bench  # noqa: E402  (scripts/bench.py: stats, histogram buckets, wrk dri
 import harness  # noqa: E402
 
 
+def renice_threads(pid: int, value: int) -> None:
+    """Nice value of every thread of a process (Linux keeps one per thread; setpriority on a PID changes one)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.setpriority(os.PRIO_PROCESS, int(task.name), value)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--wasm", action="append", required=True, help="NAME=PATH (repeat; alternated in this order)")
@@ -45,6 +51,9 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--wait-quiet", type=float, default=10,
                     help="before each run, wait up to this many seconds for other processes to go quiet")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="renice every thread of the Envoy under test to this value (e.g. -15, needs root): on a "
+                         "shared machine other processes then preempt its worker less; 0: leave it")
     ap.add_argument("--out", default=str(REPO / "target" / "rsa-ab"), help="scratch directory")
     args = ap.parse_args()
     args.threads, args.wrk_prefix = 1, []
@@ -77,6 +86,8 @@ def main() -> int:
                 workdir = out / f"{name}-r{rnd + 1}"
                 envoy = harness.start_envoy(workdir, plugin, upstream.port, concurrency=1,
                                             extra_edit=bench.make_edit(upstream.port, True, False))
+                if args.nice:
+                    renice_threads(envoy.proc.pid, args.nice)
                 try:
                     url = envoy.url + "/mcp"
                     bench.run_wrk(wrk, args, url, "fixed", args.warmup)
@@ -117,7 +128,8 @@ def main() -> int:
                       f"{'; ' + '; '.join(problems) if problems else ''}", flush=True)
     finally:
         upstream.stop()
-    print(f"\nsummary (median over {args.rounds} rounds of each run's window; --concurrency 1, token cache off):")
+    nice = f", Envoy reniced to {args.nice}" if args.nice else ""
+    print(f"\nsummary (median over {args.rounds} rounds of each run's window; --concurrency 1, token cache off{nice}):")
     for name, rows in results.items():
         per_round = ", ".join(f"{r['p50'] / 1000:.3f}" for r in rows)
         med = {k: statistics.median(r[k] for r in rows) / 1000 for k in ("p50", "p99", "mean", "envoy_cpu_us")}

@@ -10,7 +10,7 @@
 //! - base blinding: the message is multiplied by r^e before exponentiation and the result by r^-1 after, so
 //!   the exponentiations never see a value an attacker chose. The pair (r^e, r^-1), kept as residues, is
 //!   updated by squaring after each signature and regenerated from fresh randomness every [`BLINDING_REFRESH`]
-//!   signatures (the scheme OpenSSL and BoringSSL use);
+//!   signatures (the scheme OpenSSL and BoringSSL use); the fresh r are drawn and inverted eight at a time;
 //! - every signature is verified (s^e == m) before it leaves, so a fault in the CRT computation can never
 //!   release a signature that would leak a prime (Boneh-DeMillo-Lipton).
 //!
@@ -40,6 +40,10 @@ const PRIME_BYTES: usize = 128;
 const PAIRED: bool = cfg!(all(target_arch = "wasm32", target_feature = "simd128"));
 /// Signatures between two regenerations of the blinding pair from fresh randomness.
 pub const BLINDING_REFRESH: u32 = 32;
+/// Blinding values drawn and inverted together (Montgomery's trick: one inversion, an exponentiation, for all
+/// of them): the expensive refresh comes every BLINDING_BATCH * BLINDING_REFRESH = 256 signatures, beyond the
+/// 99th percentile, and the others cost a public-exponent power.
+const BLINDING_BATCH: usize = 8;
 /// Working precision for the one-time precomputations with crypto-bigint.
 const PRECISION: u32 = 64 * 70;
 
@@ -65,6 +69,8 @@ struct Blinding {
     r_pow_e: Pair<PAIR_WORDS>,
     r_inv: Pair<PAIR_WORDS>,
     uses: u32,
+    /// Fresh (r R, r^-1 R) residue pairs, drawn and inverted together, for the next refreshes.
+    spare: Vec<(Pair<PAIR_WORDS>, Pair<PAIR_WORDS>)>,
 }
 
 /// The two primes, for arithmetic on residue pairs (x mod p, x mod q) held in the interleaved layout of
@@ -146,6 +152,8 @@ pub struct RsaCrt2048 {
     e: BoxedUint,
     e_bytes: Vec<u8>,
     blinding: Mutex<Blinding>,
+    /// Signatures per blinding pair: [`BLINDING_REFRESH`] (the tests shorten it to pass several batches).
+    refresh_every: u32,
 }
 
 fn wide(value: &BoxedUint) -> BoxedUint {
@@ -265,35 +273,67 @@ impl RsaCrt2048 {
                 r_pow_e: [0; PAIR_WORDS],
                 r_inv: [0; PAIR_WORDS],
                 uses: BLINDING_REFRESH,
+                spare: Vec::new(),
             }),
+            refresh_every: BLINDING_REFRESH,
         };
         Ok(signer)
     }
 
-    /// A fresh blinding pair from the OS random source: r^e and r^-1 for a random r, as residues mod p and q
-    /// (nothing here needs them mod n). The inverse is Fermat's (r^(p-2) mod p, r^(q-2) mod q), both at once on
-    /// the constant-time code: a refresh costs about one signature, not the hundreds of milliseconds a 2048-bit
-    /// gcd inverse takes in wasm.
-    fn fresh_blinding(&self) -> Result<Blinding, KeyError> {
+    /// Starts a fresh blinding pair (r^e, r^-1) from a spare (r, r^-1), drawing a new batch of spares when none
+    /// is left: r^e costs a public-exponent power.
+    fn refresh(&self, blinding: &mut Blinding) -> Result<(), KeyError> {
+        if blinding.spare.is_empty() {
+            blinding.spare = self.blinding_batch()?;
+        }
+        let (r_mont, r_inv) = blinding.spare.pop().ok_or(KeyError::Sign(KeyType::Rsa))?;
+        blinding.r_pow_e = self
+            .primes
+            .pow_public(&r_mont, &self.e_bytes, self.e.bit_width() as usize);
+        blinding.r_inv = r_inv;
+        blinding.uses = 0;
+        Ok(())
+    }
+
+    /// BLINDING_BATCH random r from the OS random source with their inverses, as residues mod p and q in
+    /// Montgomery form (nothing here needs them mod n). One inversion for all (Montgomery's trick: invert the
+    /// product, then peel the factors off with two products each), and the inversion is Fermat's
+    /// (x^(p-2) mod p, x^(q-2) mod q, both at once) on the constant-time code: about one signature's work for
+    /// the whole batch, not the hundreds of milliseconds a 2048-bit gcd inverse takes in wasm.
+    fn blinding_batch(&self) -> Result<Vec<(Pair<PAIR_WORDS>, Pair<PAIR_WORDS>)>, KeyError> {
         let primes = &self.primes;
         let mut plain_one = [0u32; P_LIMBS];
         plain_one[0] = 1;
         for _ in 0..8 {
-            let mut bytes = [0u8; MODULUS_BYTES];
-            getrandom::fill(&mut bytes).map_err(|_| KeyError::Sign(KeyType::Rsa))?;
-            let r: Limbs<N_LIMBS> = montgomery::from_be_bytes(&bytes).ok_or(KeyError::Sign(KeyType::Rsa))?;
-            let r_mont = primes.montgomery_form(&r);
-            let r_pow_e = primes.pow_public(&r_mont, &self.e_bytes, self.e.bit_width() as usize);
-            let r_inv = primes.pow(&r_mont, &primes.p.p_minus_2, &primes.q.p_minus_2);
-            // r is 0 mod p or mod q with probability about 2^-1023; then r * r^-1 != 1 there: draw again.
-            if primes.canonical(&primes.mul(&r_mont, &r_inv)) != (plain_one, plain_one) {
-                continue;
+            let mut r = Vec::with_capacity(BLINDING_BATCH);
+            for _ in 0..BLINDING_BATCH {
+                let mut bytes = [0u8; MODULUS_BYTES];
+                getrandom::fill(&mut bytes).map_err(|_| KeyError::Sign(KeyType::Rsa))?;
+                let value: Limbs<N_LIMBS> = montgomery::from_be_bytes(&bytes).ok_or(KeyError::Sign(KeyType::Rsa))?;
+                r.push(primes.montgomery_form(&value));
             }
-            return Ok(Blinding {
-                r_pow_e,
-                r_inv,
-                uses: 0,
-            });
+            // prefix[i] = r_0 ... r_i (Montgomery form is kept by products).
+            let mut prefix = Vec::with_capacity(BLINDING_BATCH);
+            prefix.push(r[0]);
+            for i in 1..BLINDING_BATCH {
+                prefix.push(primes.mul(&prefix[i - 1], &r[i]));
+            }
+            let mut inverse = primes.pow(&prefix[BLINDING_BATCH - 1], &primes.p.p_minus_2, &primes.q.p_minus_2);
+            let mut batch = vec![([0u32; PAIR_WORDS], [0u32; PAIR_WORDS]); BLINDING_BATCH];
+            for i in (1..BLINDING_BATCH).rev() {
+                // inverse = (r_0 ... r_i)^-1: r_i^-1 = inverse * prefix[i-1], then drop r_i from it.
+                batch[i] = (r[i], primes.mul(&inverse, &prefix[i - 1]));
+                inverse = primes.mul(&inverse, &r[i]);
+            }
+            batch[0] = (r[0], inverse);
+            // A factor that is 0 mod p or mod q (probability about 2^-1020) makes the product 0 and every
+            // "inverse" wrong: then r * r^-1 != 1 for some pair: draw the batch again.
+            if batch
+                .iter()
+                .all(|(x, x_inv)| primes.canonical(&primes.mul(x, x_inv)) == (plain_one, plain_one))
+            {
+                return Ok(batch);
+            }
         }
         Err(KeyError::Sign(KeyType::Rsa))
     }
@@ -319,8 +359,8 @@ impl RsaCrt2048 {
         let m: Limbs<N_LIMBS> = montgomery::from_be_bytes(&em).ok_or(KeyError::Sign(KeyType::Rsa))?;
         let (r_pow_e, r_inv) = {
             let mut blinding = self.blinding.lock().map_err(|_| KeyError::Sign(KeyType::Rsa))?;
-            if blinding.uses >= BLINDING_REFRESH {
-                *blinding = self.fresh_blinding()?;
+            if blinding.uses >= self.refresh_every {
+                self.refresh(&mut blinding)?;
             }
             let current = (blinding.r_pow_e, blinding.r_inv);
             // (r^2)^e and (r^2)^-1: squaring keeps the pair consistent and Montgomery form intact.
@@ -366,21 +406,35 @@ mod tests {
     #[test]
     fn signatures_equal_the_rsa_crates_across_blinding_refreshes() {
         // PKCS#1 v1.5 signatures are deterministic: the fast signer must produce the same bytes.
-        // Both exponentiation kernels (the paired one through its portable lanes when not on wasm SIMD).
-        for paired in [false, true] {
+        // Both exponentiation kernels (the paired one through its portable lanes when not on wasm SIMD); one
+        // key at the real refresh interval, one refreshing every 2 signatures (through three batches of spares).
+        for (paired, refresh_every) in [
+            (false, BLINDING_REFRESH),
+            (true, BLINDING_REFRESH),
+            (true, 2),
+            (false, 2),
+        ] {
             let key = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap();
             let mut fast = RsaCrt2048::new(&key).expect("2048-bit key");
             fast.primes.paired = paired;
+            fast.refresh_every = refresh_every;
             let reference = SigningKey::<Sha256>::new(key);
-            for i in 0..(BLINDING_REFRESH + 5) {
+            let count = if refresh_every == 2 {
+                2 * 2 * BLINDING_BATCH as u32 + 5
+            } else {
+                BLINDING_REFRESH + 5
+            };
+            for i in 0..count {
                 let message = format!("header.payload-{i}");
                 let want = reference.sign(message.as_bytes()).to_vec();
                 assert_eq!(
                     fast.sign(message.as_bytes()).unwrap(),
                     want,
-                    "message {i}, paired {paired}"
+                    "message {i}, paired {paired}, refresh every {refresh_every}"
                 );
             }
+            let blinding = fast.blinding.lock().unwrap();
+            assert!(blinding.uses >= 1 && blinding.spare.len() < BLINDING_BATCH);
         }
     }
 
