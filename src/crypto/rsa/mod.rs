@@ -2,7 +2,9 @@
 //! constant-time CRT signer in [`crt`], other sizes on the `rsa` crate's).
 
 pub mod crt;
+mod lanes;
 pub mod montgomery;
+pub mod paired;
 
 use std::fmt;
 

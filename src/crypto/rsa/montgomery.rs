@@ -36,16 +36,10 @@ pub struct Modulus<const N: usize> {
 impl<const N: usize> Modulus<N> {
     /// `m` must be odd and below 2^(28*N - 2); the caller checks (see `rsa_crt`).
     pub fn new(m: Limbs<N>) -> Modulus<N> {
-        // Newton iteration for m0^-1 mod 2^64 (each step doubles the correct bits: 1 -> 2 -> ... -> 64).
-        let m0 = u64::from(m[0]);
-        let mut inv: u64 = 1;
-        for _ in 0..6 {
-            inv = inv.wrapping_mul(2u64.wrapping_sub(m0.wrapping_mul(inv)));
-        }
         Modulus {
             m_rev: reversed(&m),
+            m_prime: u64::from(neg_inverse(m[0])),
             m,
-            m_prime: 0u64.wrapping_sub(inv) & MASK,
         }
     }
 
@@ -175,6 +169,17 @@ impl<const N: usize> Modulus<N> {
         }
         acc
     }
+}
+
+/// -m0^-1 mod 2^28 for an odd m0.
+pub(super) fn neg_inverse(m0: u32) -> u32 {
+    // Newton iteration for m0^-1 mod 2^64 (each step doubles the correct bits: 1 -> 2 -> ... -> 64).
+    let m0 = u64::from(m0);
+    let mut inv: u64 = 1;
+    for _ in 0..6 {
+        inv = inv.wrapping_mul(2u64.wrapping_sub(m0.wrapping_mul(inv)));
+    }
+    (0u64.wrapping_sub(inv) & MASK) as u32
 }
 
 fn reversed<const N: usize>(x: &Limbs<N>) -> Limbs<N> {
