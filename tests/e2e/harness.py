@@ -4,6 +4,16 @@ Envoy's config is always built FROM the repository's envoy.yaml: only the admin 
 cluster's endpoint port, the wasm filename (made absolute) and the plugin configuration JSON are changed (plus
 whatever a test's `extra_edit` callable changes). The result is written to a per-test tmp dir.
 
+Two builds of the filter run the same suite, chosen by MCP_JWT_SIGNER_BUILD:
+- `wasm` (default): the proxy-wasm filter, $MCP_JWT_SIGNER_WASM or target/wasm32-wasip1/release/mcp_jwt_signer.wasm;
+- `native`: the Envoy dynamic module, $MCP_JWT_SIGNER_NATIVE or target/release/libmcp_jwt_signer.so (`make
+  build-native`). The config is built exactly as for wasm (tests and their `extra_edit`s see envoy.yaml's wasm
+  filter), then `to_native()` turns every wasm filter of this plugin into the dynamic-modules filter with the same
+  plugin JSON, puts the module's jwt_authn payload guard before each jwt_authn filter (and has jwt_authn forward
+  the verified payload to it), and renames the stats config's `wasmcustom.` prefixes.
+A build that is missing makes the tests FAIL, never skip. Tests inherently about the wasm build are marked
+`wasm_only` (conftest.py) and deselected in the native run.
+
 Token verification uses PyJWT only, via the gateway's own discovery document and JWKS: never the project's code.
 """
 
@@ -16,6 +26,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -34,7 +45,23 @@ from recording_upstream import RecordingUpstream
 REPO = Path(__file__).resolve().parents[2]
 ENVOY_YAML = REPO / "envoy.yaml"
 WASM = Path(os.environ.get("MCP_JWT_SIGNER_WASM", REPO / "target/wasm32-wasip1/release/mcp_jwt_signer.wasm"))
+NATIVE = Path(os.environ.get("MCP_JWT_SIGNER_NATIVE", REPO / "target/release/libmcp_jwt_signer.so"))
+BUILD = os.environ.get("MCP_JWT_SIGNER_BUILD", "wasm")
+if BUILD not in ("wasm", "native"):
+    raise AssertionError(f"MCP_JWT_SIGNER_BUILD must be wasm or native, not {BUILD!r}")
 WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+DYNAMIC_MODULE_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+JWT_AUTHN_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
+# The native module's jwt_authn payload guard and the header jwt_authn forwards the verified payload in
+# (src/native/jwt.rs).
+NATIVE_GUARD_FILTER_NAME = "mcp_jwt_signer_jwt_guard"
+NATIVE_PAYLOAD_HEADER = "x-mcp-jwt-signer-payload"
+# Where Envoy puts the filter's own metrics: wasm `wasmcustom.<name>`, a dynamic module its `metrics_namespace`
+# (default `dynamicmodulescustom`) + `.<name>`. The filter's names are `mcp_jwt_signer.<metric>` in both.
+STATS_NAMESPACE = {"wasm": "wasmcustom", "native": "dynamicmodulescustom"}[BUILD]
+METRIC_PREFIX = f"{STATS_NAMESPACE}.mcp_jwt_signer."
+# The Envoy log component the filter logs under.
+LOG_COMPONENT = {"wasm": "wasm", "native": "dynamic_modules"}[BUILD]
 JWKS_SUFFIX = "/.well-known/jwks.json"
 DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
 STARTUP_TIMEOUT = 30.0
@@ -86,6 +113,24 @@ def rfc7638_thumbprint(jwk: dict) -> str:
     """RFC 7638 JWK thumbprint of an RSA key, computed independently of the filter."""
     canonical = json.dumps({"e": jwk["e"], "kty": "RSA", "n": jwk["n"]}, separators=(",", ":"), sort_keys=True)
     return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+
+def built_filter() -> Path:
+    """The artefact of the build under test; a missing one is a failure (never a skip)."""
+    path = NATIVE if BUILD == "native" else WASM
+    if not path.exists():
+        hint = "make build-native" if BUILD == "native" else "make build"
+        raise AssertionError(f"filter not built: {path} is missing (run `{hint}` before the e2e tests)")
+    return path
+
+
+def filter_stats(admin_url: str) -> dict:
+    """The filter's own counters and gauges from Envoy's admin /stats, by name without the build's prefix
+    (`tokens_minted`, `refused.parse_error`, ...)."""
+    r = requests.get(admin_url + "/stats", params={"filter": f"^{re.escape(METRIC_PREFIX)}", "format": "json"},
+                     timeout=5)
+    r.raise_for_status()
+    return {s["name"].removeprefix(METRIC_PREFIX): s["value"] for s in r.json()["stats"] if "value" in s}
 
 
 def envoy_binary() -> str:
@@ -187,6 +232,97 @@ def build_envoy_config(plugin_config, *, admin_port: int, listener_port: int, up
 
     if extra_edit is not None:
         extra_edit(cfg)
+    if BUILD == "native":
+        to_native(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the native build: the same config as a dynamic module
+# --------------------------------------------------------------------------------------------------------------
+def native_filter(plugin_json: str, module: Path = None) -> dict:
+    """The dynamic-modules HTTP filter running the signer with `plugin_json` (the same JSON as the wasm filter's
+    `configuration`)."""
+    return {
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": DYNAMIC_MODULE_FILTER_TYPE,
+            "dynamic_module_config": {
+                "name": "mcp_jwt_signer",
+                "module": {"local": {"filename": str(module or NATIVE)}},
+                "do_not_close": True,
+            },
+            "filter_name": "mcp_jwt_signer",
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_json},
+        },
+    }
+
+
+def native_guard_filter(module: Path = None) -> dict:
+    """The module's jwt_authn payload guard (src/native/jwt.rs): must run before jwt_authn."""
+    return {
+        "name": "mcp_jwt_signer.jwt_guard",
+        "typed_config": {
+            "@type": DYNAMIC_MODULE_FILTER_TYPE,
+            "dynamic_module_config": {
+                "name": "mcp_jwt_signer",
+                "module": {"local": {"filename": str(module or NATIVE)}},
+                "do_not_close": True,
+            },
+            "filter_name": NATIVE_GUARD_FILTER_NAME,
+        },
+    }
+
+
+def _http_connection_managers(cfg: dict):
+    for listener in cfg.get("static_resources", {}).get("listeners", []):
+        for chain in listener.get("filter_chains", []):
+            for flt in chain.get("filters", []):
+                tc = flt.get("typed_config", {})
+                if "http_filters" in tc:
+                    yield tc
+
+
+def _is_this_wasm(flt: dict) -> bool:
+    tc = flt.get("typed_config", {})
+    if tc.get("@type") != WASM_FILTER_TYPE:
+        return False
+    filename = tc.get("config", {}).get("vm_config", {}).get("code", {}).get("local", {}).get("filename", "")
+    return Path(filename).name == WASM.name
+
+
+def to_native(cfg: dict, module: Path = None) -> dict:
+    """Turns a config made for the wasm filter into one for the native module, in place:
+    - every wasm filter of this plugin becomes the dynamic-modules filter with the same plugin JSON;
+    - before the first jwt_authn filter of a chain that has the signer goes the module's payload guard, and every
+      jwt_authn provider with `payload_in_metadata` also forwards the verified payload in the guard's header
+      (`forward_payload_header`): `jwt:` sources read it there (src/native/jwt.rs);
+    - the stats config's `wasmcustom.mcp_jwt_signer` prefixes become the native namespace's."""
+    for hcm in _http_connection_managers(cfg):
+        filters = hcm["http_filters"]
+        if not any(_is_this_wasm(f) for f in filters):
+            continue
+        for i, flt in enumerate(filters):
+            if _is_this_wasm(flt):
+                filters[i] = native_filter(flt["typed_config"]["config"]["configuration"]["value"], module)
+        jwt_at = [i for i, f in enumerate(filters) if f.get("typed_config", {}).get("@type") == JWT_AUTHN_FILTER_TYPE]
+        for i in jwt_at:
+            for provider in filters[i]["typed_config"].get("providers", {}).values():
+                if provider.get("payload_in_metadata"):
+                    provider["forward_payload_header"] = NATIVE_PAYLOAD_HEADER
+        if jwt_at:
+            filters.insert(jwt_at[0], native_guard_filter(module))
+    def rename(value):
+        if isinstance(value, dict):
+            return {k: rename(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rename(v) for v in value]
+        if isinstance(value, str):  # a prefix (`wasmcustom.mcp_jwt_signer...`) or a regex (`wasmcustom\\.mcp_...`)
+            return re.sub(r"wasmcustom(?=\\?\.mcp_jwt_signer)", STATS_NAMESPACE, value)
+        return value
+
+    if "stats_config" in cfg:
+        cfg["stats_config"] = rename(cfg["stats_config"])
     return cfg
 
 
@@ -244,8 +380,7 @@ class Envoy:
 
 def _spawn(workdir: Path, plugin_config, upstream_port: int, concurrency: int, env, extra_edit, tag: str,
            listener_port=None, extra_args=(), scheme: str = "http") -> Envoy:
-    if not WASM.exists():
-        raise AssertionError(f"filter not built: {WASM} is missing (run `make build` before the e2e tests)")
+    built_filter()
     workdir.mkdir(parents=True, exist_ok=True)
     admin_port = free_port()
     if listener_port is None:
@@ -265,7 +400,7 @@ def _spawn(workdir: Path, plugin_config, upstream_port: int, concurrency: int, e
     cmd = [
         envoy_binary(), "-c", str(config_path),
         "--concurrency", str(concurrency),
-        "--log-level", "warn", "--component-log-level", "wasm:info",
+        "--log-level", "warn", "--component-log-level", "wasm:info,dynamic_modules:info",
         # A unique base id per Envoy, so several can run at once; hot restart off, because Envoy leaves its
         # /dev/shm/envoy_shared_memory_<id> file behind even after a clean SIGTERM.
         "--use-dynamic-base-id", "--disable-hot-restart",
