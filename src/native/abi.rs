@@ -210,10 +210,8 @@ pub mod attr {
     pub const CONNECTION_URI_SAN_LOCAL_CERTIFICATE: u32 = 36;
     pub const CONNECTION_URI_SAN_PEER_CERTIFICATE: u32 = 37;
     pub const CONNECTION_SHA256_PEER_CERTIFICATE_DIGEST: u32 = 38;
-    pub const XDS_CLUSTER_NAME: u32 = 57;
     pub const XDS_ROUTE_NAME: u32 = 61;
     pub const XDS_VIRTUAL_HOST_NAME: u32 = 63;
-    pub const XDS_FILTER_CHAIN_NAME: u32 = 66;
 }
 
 extern "C" {

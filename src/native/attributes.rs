@@ -93,10 +93,11 @@ pub fn resolve<'p>(path: &'p [&'p str], jwt_payload: &str) -> Resolved<'p> {
             "sha256_peer_certificate_digest" => Str(attr::CONNECTION_SHA256_PEER_CERTIFICATE_DIGEST),
             _ => Unsupported,
         },
-        ["xds", "cluster_name"] => Str(attr::XDS_CLUSTER_NAME),
         ["xds", "route_name"] => Str(attr::XDS_ROUTE_NAME),
         ["xds", "virtual_host_name"] => Str(attr::XDS_VIRTUAL_HOST_NAME),
-        ["xds", "filter_chain_name"] => Str(attr::XDS_FILTER_CHAIN_NAME),
+        // Envoy 1.40 answers neither `xds.cluster_name` nor `xds.filter_chain_name` (nor `xds.node`) through the
+        // attribute getters: unsupported, so a source naming one is refused at load. The route check reads the
+        // cluster as absent natively; it does not need it (a header edit does not re-route natively).
         _ => Unsupported,
     }
 }
@@ -142,7 +143,7 @@ mod tests {
             Resolved::Str(33)
         );
         assert_eq!(resolve(&["xds", "route_name"], "p"), Resolved::Str(61));
-        assert_eq!(resolve(&["xds", "cluster_name"], "p"), Resolved::Str(57));
+        assert_eq!(resolve(&["xds", "cluster_name"], "p"), Resolved::Unsupported);
         assert_eq!(resolve(&["source", "port"], "p"), Resolved::Int(25));
         assert_eq!(
             resolve(&["xds", "route_metadata", "filter_metadata", "mcp_jwt_signer"], "p"),

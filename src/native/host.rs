@@ -347,7 +347,7 @@ impl Host for StreamHost<'_> {
             Resolved::Bool(id) => self.attr_bool(id),
             Resolved::Metadata { source, ns, key, rest } => self.metadata(source, ns, key, rest),
             Resolved::JwtPayload { rest } => match self.jwt_payload() {
-                Ok(Some(payload)) => Ok(jwt::at(&payload, rest)),
+                Ok(Some(payload)) => jwt::claim(&payload, rest).map_err(|_| Unavailable),
                 Ok(None) => Ok(None),
                 Err(_) => Err(Unavailable),
             },

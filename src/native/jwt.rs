@@ -78,6 +78,8 @@ pub enum Unreadable {
     Repeated,
     /// The header is not base64url of one JSON object without duplicate keys.
     Malformed,
+    /// The claim is, or holds, a JSON `null`.
+    Null,
 }
 
 impl Unreadable {
@@ -94,6 +96,7 @@ impl Unreadable {
             }
             Unreadable::Repeated => "more than one x-mcp-jwt-signer-payload header",
             Unreadable::Malformed => "the x-mcp-jwt-signer-payload header is not a base64url JSON object",
+            Unreadable::Null => "the claim is, or holds, a JSON null",
         }
     }
 }
@@ -144,8 +147,8 @@ fn as_struct(value: Value) -> Option<Value> {
     })
 }
 
-/// The value at `path` inside `value` (map keys; list indices), as an attribute read answers: empty strings and
-/// `null` are absent.
+/// The value at `path` inside `value` (map keys; list indices), as an attribute read answers: empty strings are
+/// absent.
 pub fn at(value: &Value, path: &[&str]) -> Option<Value> {
     let mut value = value;
     for segment in path {
@@ -159,6 +162,42 @@ pub fn at(value: &Value, path: &[&str]) -> Option<Value> {
         Value::Null => None,
         Value::String(s) if s.is_empty() => None,
         other => Some(other.clone()),
+    }
+}
+
+/// A claim of the verified payload, as the wasm build reads it from jwt_authn's Struct: a JSON `null` at the
+/// claim or anywhere inside it cannot be read (Envoy cannot serialise it: the wasm build gets an error), so a
+/// `null` never silently falls back to the next, perhaps spoofable, source.
+pub fn claim(payload: &Value, path: &[&str]) -> Result<Option<Value>, Unreadable> {
+    let mut value = payload;
+    for segment in path {
+        value = match value {
+            Value::Object(map) => match map.get(*segment) {
+                Some(v) => v,
+                None => return Ok(None),
+            },
+            Value::Array(items) => match segment.parse::<usize>().ok().and_then(|i| items.get(i)) {
+                Some(v) => v,
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+    }
+    if holds_null(value) {
+        return Err(Unreadable::Null);
+    }
+    Ok(match value {
+        Value::String(s) if s.is_empty() => None,
+        other => Some(other.clone()),
+    })
+}
+
+fn holds_null(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Array(items) => items.iter().any(holds_null),
+        Value::Object(map) => map.values().any(holds_null),
+        _ => false,
     }
 }
 
@@ -213,6 +252,20 @@ mod tests {
                 String::from_utf8_lossy(&raw)
             );
         }
+    }
+
+    #[test]
+    fn a_null_claim_cannot_be_read() {
+        let payload = json!({"sub": "a", "email": null, "org": {"id": 1, "note": null, "team": "t"}, "g": ["x", null]});
+        assert_eq!(claim(&payload, &["sub"]), Ok(Some(json!("a"))));
+        assert_eq!(claim(&payload, &["email"]), Err(Unreadable::Null));
+        assert_eq!(claim(&payload, &["org"]), Err(Unreadable::Null));
+        assert_eq!(claim(&payload, &["org", "team"]), Ok(Some(json!("t"))));
+        assert_eq!(claim(&payload, &["org", "note"]), Err(Unreadable::Null));
+        assert_eq!(claim(&payload, &["g"]), Err(Unreadable::Null));
+        assert_eq!(claim(&payload, &["g", "0"]), Ok(Some(json!("x"))));
+        assert_eq!(claim(&payload, &["missing", "x"]), Ok(None));
+        assert_eq!(claim(&payload, &["sub", "x"]), Ok(None));
     }
 
     #[test]

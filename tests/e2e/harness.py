@@ -62,6 +62,9 @@ STATS_NAMESPACE = {"wasm": "wasmcustom", "native": "dynamicmodulescustom"}[BUILD
 METRIC_PREFIX = f"{STATS_NAMESPACE}.mcp_jwt_signer."
 # The Envoy log component the filter logs under.
 LOG_COMPONENT = {"wasm": "wasm", "native": "dynamic_modules"}[BUILD]
+# What Envoy says when the filter refuses its configuration (after the filter's own log line naming the field).
+FILTER_CONFIG_REJECTED = {"wasm": "Unable to create Wasm plugin mcp_jwt_signer",
+                          "native": "Failed to create filter config: Failed to initialize dynamic module"}[BUILD]
 JWKS_SUFFIX = "/.well-known/jwks.json"
 DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
 STARTUP_TIMEOUT = 30.0
@@ -209,7 +212,10 @@ def upstream_cluster_name(cfg: dict) -> str:
     return names.pop()
 
 
-def build_envoy_config(plugin_config, *, admin_port: int, listener_port: int, upstream_port: int, extra_edit=None) -> dict:
+def build_envoy_config(plugin_config, *, admin_port: int, listener_port: int, upstream_port: int, extra_edit=None,
+                       after_build=None) -> dict:
+    """envoy.yaml with the ports and the plugin JSON set, then `extra_edit(cfg)`, then the build's transformation
+    (to_native), then `after_build(cfg)` (a test of one build that edits what that build needs)."""
     cfg = copy.deepcopy(load_envoy_yaml())
 
     cfg["admin"]["address"]["socket_address"]["port_value"] = admin_port
@@ -234,6 +240,8 @@ def build_envoy_config(plugin_config, *, admin_port: int, listener_port: int, up
         extra_edit(cfg)
     if BUILD == "native":
         to_native(cfg)
+    if after_build is not None:
+        after_build(cfg)
     return cfg
 
 
@@ -289,6 +297,14 @@ def _is_this_wasm(flt: dict) -> bool:
         return False
     filename = tc.get("config", {}).get("vm_config", {}).get("code", {}).get("local", {}).get("filename", "")
     return Path(filename).name == WASM.name
+
+
+def listener_for_build(listener: dict) -> dict:
+    """A listener (e.g. an LDS resource) made for the wasm filter, as the build under test needs it (a copy)."""
+    listener = copy.deepcopy(listener)
+    if BUILD == "native":
+        to_native({"static_resources": {"listeners": [listener]}})
+    return listener
 
 
 def to_native(cfg: dict, module: Path = None) -> dict:
@@ -379,7 +395,7 @@ class Envoy:
 
 
 def _spawn(workdir: Path, plugin_config, upstream_port: int, concurrency: int, env, extra_edit, tag: str,
-           listener_port=None, extra_args=(), scheme: str = "http") -> Envoy:
+           listener_port=None, extra_args=(), scheme: str = "http", after_build=None) -> Envoy:
     built_filter()
     workdir.mkdir(parents=True, exist_ok=True)
     admin_port = free_port()
@@ -388,7 +404,7 @@ def _spawn(workdir: Path, plugin_config, upstream_port: int, concurrency: int, e
     if callable(plugin_config):  # a config that needs the listener URL (e.g. an issuer with a path)
         plugin_config = plugin_config(f"http://127.0.0.1:{listener_port}")
     cfg = build_envoy_config(plugin_config, admin_port=admin_port, listener_port=listener_port,
-                             upstream_port=upstream_port, extra_edit=extra_edit)
+                             upstream_port=upstream_port, extra_edit=extra_edit, after_build=after_build)
     config_path = workdir / f"envoy-{tag}.yaml"
     config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     log_path = workdir / f"envoy-{tag}.log"
@@ -425,7 +441,7 @@ def _admin_ready(envoy: Envoy) -> bool:
 
 def start_envoy(workdir: Path, plugin_config, upstream_port: int, *, concurrency: int = 1, env=None,
                 extra_edit=None, ready_path=None, timeout: float = STARTUP_TIMEOUT, listener_port=None,
-                extra_args=(), scheme: str = "http", probe_kwargs=None) -> Envoy:
+                extra_args=(), scheme: str = "http", probe_kwargs=None, after_build=None) -> Envoy:
     """Start Envoy and wait until admin /ready is 200 AND the JWKS answers 200 through the listener.
 
     `plugin_config`: a dict (dumped to JSON), a raw JSON string, or a callable(listener_base_url) -> dict|str for
@@ -437,7 +453,7 @@ def start_envoy(workdir: Path, plugin_config, upstream_port: int, *, concurrency
     last_error = None
     for attempt in range(3):  # a free port can be taken by someone else between probing and binding: retry
         envoy = _spawn(workdir, plugin_config, upstream_port, concurrency, env, extra_edit, tag=f"{attempt}",
-                       listener_port=listener_port, extra_args=extra_args, scheme=scheme)
+                       listener_port=listener_port, extra_args=extra_args, scheme=scheme, after_build=after_build)
         try:
             path = ready_path if ready_path is not None else issuer_path(envoy.plugin_config) + JWKS_SUFFIX
             _wait_ready(envoy, path, timeout, probe_kwargs)
@@ -496,12 +512,14 @@ class FailedStart:
 
 
 def start_envoy_expect_failure(workdir: Path, plugin_config, upstream_port: int, *, concurrency: int = 1, env=None,
-                               extra_edit=None, timeout: float = STARTUP_TIMEOUT, grace: float = 1.0) -> FailedStart:
+                               extra_edit=None, timeout: float = STARTUP_TIMEOUT, grace: float = 1.0,
+                               after_build=None) -> FailedStart:
     """Start Envoy with a bad config; return once it has exited, or once admin /ready is 200 (+ a short grace).
 
     Whether Envoy refuses at startup (exits) or starts and answers 5xx is for the caller to check.
     """
-    envoy = _spawn(workdir, plugin_config, upstream_port, concurrency, env, extra_edit, tag="bad")
+    envoy = _spawn(workdir, plugin_config, upstream_port, concurrency, env, extra_edit, tag="bad",
+                   after_build=after_build)
     deadline = time.monotonic() + timeout
     while True:
         if not envoy.alive():
