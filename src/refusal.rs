@@ -91,6 +91,8 @@ pub const REASONS: &[&str] = &[
     "invalid_authority",
     "header_mismatch",
     "unauthenticated",
+    "invalid_token",
+    "insufficient_scope",
     "missing_required_claim",
     "tool_not_allowed",
     "bad_route_metadata",
@@ -345,6 +347,9 @@ mod tests {
             Refusal::BadAuthority,
             Refusal::HeaderMismatch("x"),
             Refusal::Unauthenticated,
+            Refusal::TokenRequired { scope: "x".into() },
+            Refusal::InvalidToken { description: "x" },
+            Refusal::InsufficientScope { scope: "x".into() },
             Refusal::MissingClaim("x".into()),
             Refusal::ToolNotAllowed("x".into()),
             Refusal::BadRouteMetadata("x"),
@@ -375,10 +380,13 @@ mod tests {
                 Refusal::TokenTooLarge { .. } => 16,
                 Refusal::KeyUnavailable => 17,
                 Refusal::Internal(_) => 18,
+                Refusal::TokenRequired { .. } => 19,
+                Refusal::InvalidToken { .. } => 20,
+                Refusal::InsufficientScope { .. } => 21,
             };
             seen.insert(variant);
         }
-        assert_eq!(seen.len(), 19, "a match arm without a sample");
+        assert_eq!(seen.len(), 22, "a match arm without a sample");
         samples
     }
 

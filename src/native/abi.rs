@@ -228,14 +228,6 @@ extern "C" {
         header_type: u32,
         out: *mut HttpHeader,
     ) -> bool;
-    pub fn envoy_dynamic_module_callback_http_get_header(
-        f: FilterEnvoyPtr,
-        header_type: u32,
-        key: Buffer,
-        out: *mut Buffer,
-        index: usize,
-        optional_count: *mut usize,
-    ) -> bool;
     /// Replaces every copy of `key` with `value`; a NULL `value.ptr` removes every copy.
     pub fn envoy_dynamic_module_callback_http_set_header(
         f: FilterEnvoyPtr,
@@ -245,6 +237,7 @@ extern "C" {
     ) -> bool;
 
     // -- request body (body_type = BODY_*) --
+    pub fn envoy_dynamic_module_callback_http_get_body_size(f: FilterEnvoyPtr, body_type: u32) -> usize;
     pub fn envoy_dynamic_module_callback_http_get_body_chunks_size(f: FilterEnvoyPtr, body_type: u32) -> usize;
     pub fn envoy_dynamic_module_callback_http_get_body_chunks(
         f: FilterEnvoyPtr,
@@ -354,6 +347,13 @@ extern "C" {
         value: Buffer,
     ) -> bool;
 
+    // -- filter state (string accessors) --
+    pub fn envoy_dynamic_module_callback_http_get_filter_state_bytes(
+        f: FilterEnvoyPtr,
+        key: Buffer,
+        out: *mut Buffer,
+    ) -> bool;
+
     // -- attributes (id = envoy_dynamic_module_type_attribute_id) --
     pub fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
         f: FilterEnvoyPtr,
@@ -385,6 +385,28 @@ extern "C" {
         label_names: *const Buffer,
         label_names_len: usize,
         id_out: *mut usize,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        c: ConfigEnvoyPtr,
+        name: Buffer,
+        label_names: *const Buffer,
+        label_names_len: usize,
+        id_out: *mut usize,
+    ) -> u32;
+    /// Sets a gauge through the config (outside any stream).
+    pub fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        c: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *const Buffer,
+        label_values_len: usize,
+        value: u64,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_set_gauge(
+        f: FilterEnvoyPtr,
+        id: usize,
+        label_values: *const Buffer,
+        label_values_len: usize,
+        value: u64,
     ) -> u32;
     pub fn envoy_dynamic_module_callback_http_filter_increment_counter(
         f: FilterEnvoyPtr,

@@ -32,17 +32,19 @@ pub enum Resolved<'p> {
         /// Segments below the key.
         rest: &'p [&'p str],
     },
-    /// A claim (path `rest`) of the payload jwt_authn verified (see `super::jwt`).
-    JwtPayload {
-        /// The claim path inside the payload (empty: the whole payload).
+    /// jwt_authn's record `name` (its verified payload, its failure status), at `rest` inside it (see `super::jwt`).
+    JwtAuthn {
+        /// The metadata name (`payload_in_metadata`, `failed_status_in_metadata`).
+        name: &'p str,
+        /// The path inside the record (empty: the whole record).
         rest: &'p [&'p str],
     },
     /// Nothing in the ABI answers this path.
     Unsupported,
 }
 
-/// Resolves an attribute path; `jwt_payload` is the configured `jwt_payload_in_metadata` name.
-pub fn resolve<'p>(path: &'p [&'p str], jwt_payload: &str) -> Resolved<'p> {
+/// Resolves an attribute path.
+pub fn resolve<'p>(path: &'p [&'p str]) -> Resolved<'p> {
     use Resolved::*;
     let metadata = |source, rest: &'p [&'p str]| match rest {
         [ns, tail @ ..] => Metadata {
@@ -54,11 +56,7 @@ pub fn resolve<'p>(path: &'p [&'p str], jwt_payload: &str) -> Resolved<'p> {
         [] => Unsupported,
     };
     match path {
-        ["metadata", "filter_metadata", ns, payload, rest @ ..]
-            if *ns == JWT_AUTHN_NAMESPACE && *payload == jwt_payload =>
-        {
-            JwtPayload { rest }
-        }
+        ["metadata", "filter_metadata", ns, name, rest @ ..] if *ns == JWT_AUTHN_NAMESPACE => JwtAuthn { name, rest },
         ["metadata", "filter_metadata", rest @ ..] => metadata(METADATA_DYNAMIC, rest),
         ["xds", "route_metadata", "filter_metadata", rest @ ..] => metadata(METADATA_ROUTE, rest),
         ["xds", "cluster_metadata", "filter_metadata", rest @ ..] => metadata(METADATA_CLUSTER, rest),
@@ -114,7 +112,7 @@ pub fn unsupported_sources(config: &Config) -> Vec<(String, String)> {
             let Some(path) = attribute_path(source, &config.jwt_payload_in_metadata) else {
                 continue;
             };
-            if resolve(&path, &config.jwt_payload_in_metadata) == Resolved::Unsupported {
+            if resolve(&path) == Resolved::Unsupported {
                 out.push((field.to_string(), source.describe()));
             }
         }
@@ -128,25 +126,16 @@ mod tests {
 
     #[test]
     fn paths_map_onto_the_abi() {
-        assert_eq!(resolve(&["connection", "tls_version"], "p"), Resolved::Str(31));
-        assert_eq!(resolve(&["connection", "mtls"], "p"), Resolved::Bool(29));
+        assert_eq!(resolve(&["connection", "tls_version"]), Resolved::Str(31));
+        assert_eq!(resolve(&["connection", "mtls"]), Resolved::Bool(29));
+        assert_eq!(resolve(&["connection", "uri_san_peer_certificate"]), Resolved::Str(37));
+        assert_eq!(resolve(&["connection", "dns_san_peer_certificate"]), Resolved::Str(35));
+        assert_eq!(resolve(&["connection", "subject_peer_certificate"]), Resolved::Str(33));
+        assert_eq!(resolve(&["xds", "route_name"]), Resolved::Str(61));
+        assert_eq!(resolve(&["xds", "cluster_name"]), Resolved::Unsupported);
+        assert_eq!(resolve(&["source", "port"]), Resolved::Int(25));
         assert_eq!(
-            resolve(&["connection", "uri_san_peer_certificate"], "p"),
-            Resolved::Str(37)
-        );
-        assert_eq!(
-            resolve(&["connection", "dns_san_peer_certificate"], "p"),
-            Resolved::Str(35)
-        );
-        assert_eq!(
-            resolve(&["connection", "subject_peer_certificate"], "p"),
-            Resolved::Str(33)
-        );
-        assert_eq!(resolve(&["xds", "route_name"], "p"), Resolved::Str(61));
-        assert_eq!(resolve(&["xds", "cluster_name"], "p"), Resolved::Unsupported);
-        assert_eq!(resolve(&["source", "port"], "p"), Resolved::Int(25));
-        assert_eq!(
-            resolve(&["xds", "route_metadata", "filter_metadata", "mcp_jwt_signer"], "p"),
+            resolve(&["xds", "route_metadata", "filter_metadata", "mcp_jwt_signer"]),
             Resolved::Metadata {
                 source: METADATA_ROUTE,
                 ns: "mcp_jwt_signer",
@@ -155,7 +144,7 @@ mod tests {
             }
         );
         assert_eq!(
-            resolve(&["metadata", "filter_metadata", "ns", "k", "0"], "p"),
+            resolve(&["metadata", "filter_metadata", "ns", "k", "0"]),
             Resolved::Metadata {
                 source: METADATA_DYNAMIC,
                 ns: "ns",
@@ -164,9 +153,18 @@ mod tests {
             }
         );
         let claim = ["metadata", "filter_metadata", JWT_AUTHN_NAMESPACE, "p", "org", "team"];
-        assert_eq!(resolve(&claim, "p"), Resolved::JwtPayload { rest: &["org", "team"] });
-        // Another payload name of jwt_authn's namespace is plain metadata (a Struct: unreadable).
-        assert!(matches!(resolve(&claim, "q"), Resolved::Metadata { .. }));
+        assert_eq!(
+            resolve(&claim),
+            Resolved::JwtAuthn {
+                name: "p",
+                rest: &["org", "team"]
+            }
+        );
+        // The whole namespace is plain metadata (its records are Structs: unreadable).
+        assert!(matches!(
+            resolve(&["metadata", "filter_metadata", JWT_AUTHN_NAMESPACE]),
+            Resolved::Metadata { key: None, .. }
+        ));
         for unsupported in [
             &["xds", "node", "metadata", "WORKLOAD"][..],
             &["request", "headers"],
@@ -174,7 +172,7 @@ mod tests {
             &["metadata", "filter_metadata"],
             &[],
         ] {
-            assert_eq!(resolve(unsupported, "p"), Resolved::Unsupported, "{unsupported:?}");
+            assert_eq!(resolve(unsupported), Resolved::Unsupported, "{unsupported:?}");
         }
     }
 

@@ -22,34 +22,48 @@ use super::host::ProcessHost;
 /// Metric ids, defined while the config is created (the ABI refuses definitions later).
 #[derive(Debug, Default)]
 pub struct Metrics {
-    counters: HashMap<&'static str, usize>,
+    /// Counters, histograms and gauges without a parameter in their name, by name.
+    by_name: HashMap<&'static str, usize>,
+    /// `refused.<reason>`, by reason.
     refused: HashMap<&'static str, usize>,
-    sign_duration_us: Option<usize>,
 }
 
-/// The counters the filter increments, besides `refused.<reason>`.
-const COUNTERS: [Metric; 4] = [
+/// Every metric the filter emits, `refused.<reason>` aside (one per [`REASONS`]). The match in [`static_name`] has
+/// no wildcard arm: a new [`Metric`] variant does not compile until it is named there, and then it must be listed
+/// here too (a unit test checks that each name is).
+const METRICS: [Metric; 7] = [
     Metric::TokensMinted,
     Metric::TokenCacheHits,
     Metric::DiscoveryServed,
     Metric::JwksServed,
+    Metric::ProtectedResourceServed,
+    Metric::SignDurationUs(0),
+    Metric::GeneratedKeyInUse(false),
 ];
 
 fn define(c: ConfigEnvoyPtr, kind: MetricKind, name: &str) -> Result<usize, String> {
     let mut id = 0usize;
+    let name_buf = Buffer::of(name.as_bytes());
     // SAFETY: `c` is the config pointer of the running `config_new`; the name is read during the call.
     let rc = unsafe {
         match kind {
             MetricKind::Counter => abi::envoy_dynamic_module_callback_http_filter_config_define_counter(
                 c,
-                Buffer::of(name.as_bytes()),
+                name_buf,
                 std::ptr::null(),
                 0,
                 &mut id,
             ),
             MetricKind::Histogram => abi::envoy_dynamic_module_callback_http_filter_config_define_histogram(
                 c,
-                Buffer::of(name.as_bytes()),
+                name_buf,
+                std::ptr::null(),
+                0,
+                &mut id,
+            ),
+            MetricKind::Gauge => abi::envoy_dynamic_module_callback_http_filter_config_define_gauge(
+                c,
+                name_buf,
                 std::ptr::null(),
                 0,
                 &mut id,
@@ -64,60 +78,79 @@ fn define(c: ConfigEnvoyPtr, kind: MetricKind, name: &str) -> Result<usize, Stri
 }
 
 impl Metrics {
-    /// Defines every metric the filter can emit: each counter, `refused.<reason>` for every reason, the histogram.
+    /// Defines every metric the filter can emit (so each shows, at zero, from the start).
     pub fn define_all(c: ConfigEnvoyPtr) -> Result<Metrics, String> {
         let mut metrics = Metrics::default();
-        for metric in COUNTERS {
-            let name = metric.name();
-            let id = define(c, MetricKind::Counter, &name)?;
-            metrics.counters.insert(static_name(&metric), id);
+        for metric in METRICS {
+            let id = define(c, metric.kind(), &metric.name())?;
+            metrics.by_name.insert(static_name(&metric), id);
         }
         for reason in REASONS {
             let id = define(c, MetricKind::Counter, &Metric::Refused(reason).name())?;
             metrics.refused.insert(reason, id);
         }
-        metrics.sign_duration_us = Some(define(c, MetricKind::Histogram, &Metric::SignDurationUs(0).name())?);
         Ok(metrics)
     }
 
-    /// Records one update on the stream `f`.
-    pub fn record(&self, f: FilterEnvoyPtr, metric: &Metric) {
-        let id = match metric {
+    fn id(&self, metric: &Metric) -> Option<usize> {
+        match metric {
             Metric::Refused(reason) => self.refused.get(reason).copied(),
-            Metric::SignDurationUs(_) => self.sign_duration_us,
-            other => self.counters.get(static_name(other)).copied(),
-        };
-        let Some(id) = id else { return };
-        // SAFETY: the stream is live; no labels.
-        unsafe {
-            match metric.kind() {
-                MetricKind::Counter => abi::envoy_dynamic_module_callback_http_filter_increment_counter(
-                    f,
+            other => self.by_name.get(static_name(other)).copied(),
+        }
+    }
+
+    /// Sets a gauge from the config itself (no stream), while `config_new` runs.
+    pub fn set_on_config(&self, c: ConfigEnvoyPtr, metric: &Metric) {
+        let Some(id) = self.id(metric) else { return };
+        if metric.kind() == MetricKind::Gauge {
+            // SAFETY: `c` is the config pointer of the running `config_new`; no labels.
+            unsafe {
+                abi::envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                    c,
                     id,
                     std::ptr::null(),
                     0,
                     metric.value(),
-                ),
+                )
+            };
+        }
+    }
+
+    /// Records one update on the stream `f`.
+    pub fn record(&self, f: FilterEnvoyPtr, metric: &Metric) {
+        let Some(id) = self.id(metric) else { return };
+        let value = metric.value();
+        // SAFETY: the stream is live; no labels.
+        unsafe {
+            match metric.kind() {
+                MetricKind::Counter => {
+                    abi::envoy_dynamic_module_callback_http_filter_increment_counter(f, id, std::ptr::null(), 0, value)
+                }
                 MetricKind::Histogram => abi::envoy_dynamic_module_callback_http_filter_record_histogram_value(
                     f,
                     id,
                     std::ptr::null(),
                     0,
-                    metric.value(),
+                    value,
                 ),
+                MetricKind::Gauge => {
+                    abi::envoy_dynamic_module_callback_http_filter_set_gauge(f, id, std::ptr::null(), 0, value)
+                }
             };
         }
     }
 }
 
-/// The name of a metric without a parameter (`Metric::name` borrows it: no allocation per update).
+/// The name of a metric without a parameter in its name (no allocation per update).
 fn static_name(metric: &Metric) -> &'static str {
     match metric {
         Metric::TokensMinted => "mcp_jwt_signer.tokens_minted",
         Metric::TokenCacheHits => "mcp_jwt_signer.token_cache_hits",
         Metric::DiscoveryServed => "mcp_jwt_signer.discovery_served",
         Metric::JwksServed => "mcp_jwt_signer.jwks_served",
+        Metric::ProtectedResourceServed => "mcp_jwt_signer.protected_resource_served",
         Metric::SignDurationUs(_) => "mcp_jwt_signer.sign_duration_us",
+        Metric::GeneratedKeyInUse(_) => "mcp_jwt_signer.generated_key_in_use",
         Metric::Refused(_) => "mcp_jwt_signer.refused",
     }
 }
@@ -131,8 +164,6 @@ pub struct SignerConfig {
     pub json: Vec<u8>,
     /// `MCP_JWT_SIGNING_KEY` as the process environment held it when the config was created.
     pub env_key: Option<String>,
-    /// jwt_authn's `payload_in_metadata` name the plugin reads.
-    pub jwt_payload: String,
     /// The metric ids.
     pub metrics: Metrics,
 }
@@ -142,8 +173,9 @@ pub struct SignerConfig {
 pub enum FilterConfig {
     /// `filter_name: mcp_jwt_signer`: the signer.
     Signer(SignerConfig),
-    /// `filter_name: mcp_jwt_signer_jwt_guard`: clears the jwt_authn payload header before jwt_authn runs.
-    Guard,
+    /// `filter_name: mcp_jwt_signer_route_guard`: the route guard, an upstream filter of the router
+    /// (`crate::request::RouteGuard`); it counts its refusals in the same metrics.
+    RouteGuard(Metrics),
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -168,13 +200,13 @@ impl SignerConfig {
             ));
         }
         let metrics = Metrics::define_all(c)?;
+        metrics.set_on_config(c, &Metric::GeneratedKeyInUse(loaded.plugin.keys.is_ephemeral()));
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         live().insert(id);
         let config = SignerConfig {
             id,
             json: json.to_vec(),
             env_key,
-            jwt_payload: loaded.plugin.config.jwt_payload_in_metadata.clone(),
             metrics,
         };
         Ok((config, loaded))
@@ -204,5 +236,19 @@ impl SignerConfig {
 impl Drop for SignerConfig {
     fn drop(&mut self) {
         live().remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_defined_under_its_own_name() {
+        for metric in METRICS {
+            assert_eq!(static_name(&metric), metric.name(), "{metric:?}");
+        }
+        let names: HashSet<_> = METRICS.iter().map(static_name).collect();
+        assert_eq!(names.len(), METRICS.len());
     }
 }

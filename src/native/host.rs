@@ -11,7 +11,7 @@ use crate::host::{Headers, Host, SharedDataError, Unavailable};
 
 use super::abi::{self, Buffer, FilterEnvoyPtr, HttpHeader};
 use super::attributes::{resolve, Resolved};
-use super::jwt::{self, Captured, Unreadable};
+use super::jwt::{self, Unreadable};
 use super::shared;
 
 fn now_micros() -> Option<u64> {
@@ -43,13 +43,14 @@ impl Host for ProcessHost {
     }
 }
 
+/// A jwt_authn record as read (see `super::jwt`).
+type Record = Result<Option<Value>, Unreadable>;
+
 /// What a stream's host remembers between hooks.
 #[derive(Default)]
 pub struct StreamState {
-    /// The jwt_authn payload header as it arrived (see `super::jwt`).
-    pub captured: Captured,
-    /// The decoded payload, once a source asked for it.
-    pub payload: RefCell<Option<Result<Option<Value>, Unreadable>>>,
+    /// jwt_authn's records (by metadata name), decoded once a source asked for them.
+    pub jwt_authn: RefCell<Vec<(String, Record)>>,
 }
 
 /// The host of one stream, during one hook.
@@ -58,8 +59,6 @@ pub struct StreamHost<'a> {
     pub f: FilterEnvoyPtr,
     /// Inside `request_body`: the chunk of this call is not yet part of the buffered body.
     pub in_body_hook: bool,
-    /// jwt_authn's `payload_in_metadata` name (the plugin's `jwt_payload_in_metadata`).
-    pub jwt_payload: &'a str,
     /// The stream's remembered state.
     pub state: &'a StreamState,
 }
@@ -81,37 +80,6 @@ pub fn headers(f: FilterEnvoyPtr, header_type: u32) -> Vec<(String, Vec<u8>)> {
             .map(|h| (String::from_utf8_lossy(h.key()).into_owned(), h.value().to_vec()))
             .collect()
     }
-}
-
-/// Every value of one request header, byte-exact.
-pub fn header_values(f: FilterEnvoyPtr, name: &str) -> Vec<Vec<u8>> {
-    let key = Buffer::of(name.as_bytes());
-    let mut out = Vec::new();
-    // SAFETY: as in `headers`; values are copied before the next call.
-    unsafe {
-        let mut count = 0usize;
-        let mut first = Buffer::NULL;
-        if !abi::envoy_dynamic_module_callback_http_get_header(f, abi::HEADER_REQUEST, key, &mut first, 0, &mut count) {
-            return out;
-        }
-        if count > 0 {
-            out.push(first.bytes().to_vec());
-        }
-        for index in 1..count {
-            let mut value = Buffer::NULL;
-            if abi::envoy_dynamic_module_callback_http_get_header(
-                f,
-                abi::HEADER_REQUEST,
-                key,
-                &mut value,
-                index,
-                std::ptr::null_mut(),
-            ) {
-                out.push(value.bytes().to_vec());
-            }
-        }
-    }
-    out
 }
 
 /// Replaces every copy of a request header (`None`: removes every copy).
@@ -153,6 +121,19 @@ pub fn request_body(f: FilterEnvoyPtr, in_body_hook: bool) -> Vec<u8> {
         body_chunks(f, abi::BODY_RECEIVED_REQUEST, &mut body);
     }
     body
+}
+
+/// The size of [`request_body`] inside `request_body`, without copying it.
+pub fn request_body_size(f: FilterEnvoyPtr) -> usize {
+    // SAFETY: the stream is live.
+    unsafe {
+        let received = abi::envoy_dynamic_module_callback_http_get_body_size(f, abi::BODY_RECEIVED_REQUEST);
+        if abi::envoy_dynamic_module_callback_http_received_buffered_request_body(f) {
+            received
+        } else {
+            received + abi::envoy_dynamic_module_callback_http_get_body_size(f, abi::BODY_BUFFERED_REQUEST)
+        }
+    }
 }
 
 fn text(bytes: &[u8]) -> Result<Option<Value>, Unavailable> {
@@ -291,40 +272,37 @@ impl StreamHost<'_> {
         Ok(jwt::at(&value, rest))
     }
 
-    /// The verified jwt_authn payload (decoded once per stream).
-    fn jwt_payload(&self) -> Result<Option<Value>, Unreadable> {
-        if let Some(done) = self.state.payload.borrow().as_ref() {
+    /// A request filter state value (a string accessor), byte-exact.
+    fn filter_state(&self, key: &str) -> Option<Vec<u8>> {
+        let mut out = Buffer::NULL;
+        // SAFETY: the stream is live; the bytes are copied before the next call.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_get_filter_state_bytes(self.f, Buffer::of(key.as_bytes()), &mut out)
+                .then(|| out.bytes().to_vec())
+        }
+    }
+
+    /// jwt_authn's record `name`, from its JSON copy in the filter state (decoded once per stream).
+    fn jwt_authn_record(&self, name: &str) -> Record {
+        if let Some((_, done)) = self.state.jwt_authn.borrow().iter().find(|(n, _)| n == name) {
             return done.clone();
         }
-        let mut guard_ran = false;
-        let (ns, key) = (
-            Buffer::of(jwt::GUARD_NAMESPACE.as_bytes()),
-            Buffer::of(jwt::GUARD_KEY.as_bytes()),
-        );
-        // SAFETY: the stream is live.
-        let found = unsafe {
-            abi::envoy_dynamic_module_callback_http_get_metadata_bool(
-                self.f,
-                abi::METADATA_DYNAMIC,
-                ns,
-                key,
-                &mut guard_ran,
-            )
-        };
-        let guard_ran = found && guard_ran;
-        let verified = guard_ran
-            && self
-                .metadata_keys(abi::METADATA_DYNAMIC, JWT_AUTHN_NAMESPACE)
-                .iter()
-                .any(|k| k == self.jwt_payload);
-        let result = jwt::payload(guard_ran, verified, &self.state.captured);
+        let recorded = self
+            .metadata_keys(abi::METADATA_DYNAMIC, JWT_AUTHN_NAMESPACE)
+            .iter()
+            .any(|k| k == name);
+        let copy = self.filter_state(&jwt::filter_state_key(name));
+        let result = jwt::record(recorded, copy.as_deref());
         if let Err(why) = result {
             super::log(
                 abi::LOG_WARN,
-                &format!("mcp_jwt_signer: jwt: sources cannot be read: {}", why.explain()),
+                &format!("mcp_jwt_signer: jwt_authn's `{name}` cannot be read: {}", why.explain()),
             );
         }
-        *self.state.payload.borrow_mut() = Some(result.clone());
+        self.state
+            .jwt_authn
+            .borrow_mut()
+            .push((name.to_string(), result.clone()));
         result
     }
 }
@@ -341,13 +319,13 @@ impl Host for StreamHost<'_> {
     }
 
     fn attribute(&self, path: &[&str]) -> Result<Option<Value>, Unavailable> {
-        match resolve(path, self.jwt_payload) {
+        match resolve(path) {
             Resolved::Str(id) => self.attr_string(id),
             Resolved::Int(id) => self.attr_int(id),
             Resolved::Bool(id) => self.attr_bool(id),
             Resolved::Metadata { source, ns, key, rest } => self.metadata(source, ns, key, rest),
-            Resolved::JwtPayload { rest } => match self.jwt_payload() {
-                Ok(Some(payload)) => jwt::claim(&payload, rest).map_err(|_| Unavailable),
+            Resolved::JwtAuthn { name, rest } => match self.jwt_authn_record(name) {
+                Ok(Some(record)) => jwt::claim(&record, rest).map_err(|_| Unavailable),
                 Ok(None) => Ok(None),
                 Err(_) => Err(Unavailable),
             },

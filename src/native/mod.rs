@@ -45,7 +45,6 @@ use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::config::SIGNING_KEY_ENV;
-use crate::host::HttpFilter;
 
 use abi::{Buffer, ConfigEnvoyPtr, ConfigModulePtr, FilterEnvoyPtr, FilterModulePtr, HttpHeader};
 use config::{FilterConfig, SignerConfig};
@@ -59,6 +58,16 @@ compile_error!(
 
 /// The signer's `filter_name`.
 const SIGNER_FILTER_NAME: &str = "mcp_jwt_signer";
+/// The route guard's `filter_name` (the same name as its wasm root id, `crate::request::GUARD_ROOT_ID`).
+const ROUTE_GUARD_FILTER_NAME: &str = crate::request::GUARD_ROOT_ID;
+
+fn no_configuration(json: &[u8], filter_name: &str) -> Result<(), String> {
+    if json.iter().all(u8::is_ascii_whitespace) || json.trim_ascii() == b"{}" {
+        Ok(())
+    } else {
+        Err(format!("the {filter_name} filter takes no configuration"))
+    }
+}
 
 /// Logs through Envoy (component `dynamic_modules`).
 #[cfg(not(test))]
@@ -152,16 +161,14 @@ fn new_config(c: ConfigEnvoyPtr, name: &[u8], json: &[u8]) -> Result<FilterConfi
             }
             Ok(FilterConfig::Signer(config))
         }
-        b"mcp_jwt_signer_jwt_guard" => {
-            if !json.iter().all(u8::is_ascii_whitespace) && json.trim_ascii() != b"{}" {
-                return Err(format!("the {} filter takes no configuration", jwt::GUARD_FILTER_NAME));
-            }
-            Ok(FilterConfig::Guard)
+        b"mcp_jwt_signer_route_guard" => {
+            no_configuration(json, ROUTE_GUARD_FILTER_NAME)?;
+            log(abi::LOG_INFO, "mcp_jwt_signer: route guard ready");
+            Ok(FilterConfig::RouteGuard(config::Metrics::define_all(c)?))
         }
         other => Err(format!(
-            "unknown filter_name {:?} (this module has {SIGNER_FILTER_NAME} and {})",
+            "unknown filter_name {:?} (this module has {SIGNER_FILTER_NAME} and {ROUTE_GUARD_FILTER_NAME})",
             String::from_utf8_lossy(other),
-            jwt::GUARD_FILTER_NAME
         )),
     }
 }
@@ -215,10 +222,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: Con
 
 /// The module's object for one stream.
 enum Filter {
-    /// The signer.
-    Signer(Box<Stream>),
-    /// The jwt_authn payload guard (stateless).
-    Guard,
+    /// The signer or the route guard.
+    Stream(Box<Stream>),
     /// The stream could not be set up (answered 500 at its first hook).
     Failed {
         /// The 500 was sent.
@@ -238,7 +243,7 @@ unsafe fn filter<'a>(module: FilterModulePtr) -> Option<&'a mut Filter> {
 /// A stream whose filter object is missing or failed: answer 500 once.
 fn fail_stream(f: FilterEnvoyPtr, filter: Option<&mut Filter>) {
     match filter {
-        Some(Filter::Signer(stream)) => stream.fail(f, "the filter failed"),
+        Some(Filter::Stream(stream)) => stream.fail(f, "the filter failed"),
         Some(Filter::Failed { replied }) => {
             if !*replied {
                 *replied = true;
@@ -249,11 +254,6 @@ fn fail_stream(f: FilterEnvoyPtr, filter: Option<&mut Filter>) {
                 );
             }
         }
-        Some(Filter::Guard) => stream::send_response(
-            f,
-            &stream::internal_error("the filter failed"),
-            "mcp_jwt_signer_internal_error",
-        ),
         None => stream::send_response(
             f,
             &stream::internal_error("the filter failed"),
@@ -275,8 +275,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
             test_hooks::filter_new();
             // SAFETY: Envoy keeps the config alive for the life of its streams.
             let filter = match unsafe { (config as *const FilterConfig).as_ref() } {
-                Some(FilterConfig::Signer(config)) => Filter::Signer(Box::new(Stream::new(config))),
-                Some(FilterConfig::Guard) => Filter::Guard,
+                Some(FilterConfig::Signer(config)) => Filter::Stream(Box::new(Stream::signer(config))),
+                Some(FilterConfig::RouteGuard(metrics)) => Filter::Stream(Box::new(Stream::route_guard(metrics))),
                 None => Filter::Failed { replied: false },
             };
             Box::into_raw(Box::new(filter)) as FilterModulePtr
@@ -300,26 +300,25 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(module: FilterModu
     )
 }
 
-/// Runs a signer hook under the barrier; on a panic the stream answers 500 and stops for good.
-fn signer_hook<R: Copy>(
+/// Runs a stream hook (of the signer or the route guard) under the barrier; on a panic the stream answers 500
+/// and stops for good.
+fn stream_hook<R: Copy>(
     hook: &'static str,
     f: FilterEnvoyPtr,
     module: FilterModulePtr,
     stop: R,
     run: impl FnOnce(&mut Stream) -> R,
-    other: impl FnOnce(FilterEnvoyPtr) -> R,
 ) -> R {
     barrier(
         hook,
         || {
             // SAFETY: see `filter`.
             match unsafe { filter(module) } {
-                Some(Filter::Signer(stream)) => {
+                Some(Filter::Stream(stream)) => {
                     #[cfg(feature = "native-test-hooks")]
                     test_hooks::stream_hook(stream, f, hook);
                     run(stream)
                 }
-                Some(Filter::Guard) => other(f),
                 failed => {
                     fail_stream(f, failed);
                     stop
@@ -334,33 +333,13 @@ fn signer_hook<R: Copy>(
     )
 }
 
-/// The jwt_authn payload guard (before jwt_authn): removes every copy of the payload header a client sent and
-/// records, in dynamic metadata no client can write, that it did.
-fn guard_request_headers(f: FilterEnvoyPtr) -> u32 {
-    if !host::set_header(f, jwt::PAYLOAD_HEADER, None) {
-        stream::send_response(
-            f,
-            &stream::internal_error("cannot clear the jwt payload header"),
-            "mcp_jwt_signer_jwt_guard",
-        );
-        return abi::HEADERS_STOP_ITERATION;
-    }
-    let (ns, key) = (
-        Buffer::of(jwt::GUARD_NAMESPACE.as_bytes()),
-        Buffer::of(jwt::GUARD_KEY.as_bytes()),
-    );
-    // SAFETY: the stream is live; buffers are read during the call.
-    unsafe { abi::envoy_dynamic_module_callback_http_set_dynamic_metadata_bool(f, ns, key, true) };
-    abi::HEADERS_CONTINUE
-}
-
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     f: FilterEnvoyPtr,
     module: FilterModulePtr,
     end_of_stream: bool,
 ) -> u32 {
-    signer_hook(
+    stream_hook(
         "request_headers",
         f,
         module,
@@ -369,13 +348,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
             Outcome::Continue => abi::HEADERS_CONTINUE,
             Outcome::Pause | Outcome::Replied => abi::HEADERS_STOP_ITERATION,
         },
-        guard_request_headers,
     )
 }
 
 /// The size of the body so far: Envoy's buffer plus this call's chunk (unless it is the buffer).
 fn body_size(f: FilterEnvoyPtr) -> usize {
-    host::request_body(f, true).len()
+    host::request_body_size(f)
 }
 
 #[no_mangle]
@@ -384,7 +362,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     module: FilterModulePtr,
     end_of_stream: bool,
 ) -> u32 {
-    signer_hook(
+    stream_hook(
         "request_body",
         f,
         module,
@@ -400,7 +378,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
                 Outcome::Replied => abi::BODY_STOP_ITERATION_NO_BUFFER,
             }
         },
-        |_| abi::BODY_CONTINUE,
     )
 }
 
@@ -409,7 +386,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     f: FilterEnvoyPtr,
     module: FilterModulePtr,
 ) -> u32 {
-    signer_hook(
+    stream_hook(
         "request_trailers",
         f,
         module,
@@ -418,7 +395,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
             Outcome::Continue => abi::TRAILERS_CONTINUE,
             Outcome::Pause | Outcome::Replied => abi::TRAILERS_STOP_ITERATION,
         },
-        |_| abi::TRAILERS_CONTINUE,
     )
 }
 
@@ -438,37 +414,30 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     body_chunks: *const Buffer,
     body_chunks_len: usize,
 ) {
-    signer_hook(
-        "http_callout_done",
-        f,
-        module,
-        (),
-        |stream| {
-            let headers: Vec<(String, Vec<u8>)> = if headers.is_null() {
-                Vec::new()
-            } else {
-                // SAFETY: Envoy passes `headers_len` entries valid for this call; they are copied.
-                unsafe { std::slice::from_raw_parts(headers, headers_len) }
-                    .iter()
-                    .map(|h| unsafe { (String::from_utf8_lossy(h.key()).into_owned(), h.value().to_vec()) })
-                    .collect()
-            };
-            let mut body = Vec::new();
-            if !body_chunks.is_null() {
-                // SAFETY: as for the headers.
-                for chunk in unsafe { std::slice::from_raw_parts(body_chunks, body_chunks_len) } {
-                    body.extend_from_slice(unsafe { chunk.bytes() });
-                }
+    stream_hook("http_callout_done", f, module, (), |stream| {
+        let headers: Vec<(String, Vec<u8>)> = if headers.is_null() {
+            Vec::new()
+        } else {
+            // SAFETY: Envoy passes `headers_len` entries valid for this call; they are copied.
+            unsafe { std::slice::from_raw_parts(headers, headers_len) }
+                .iter()
+                .map(|h| unsafe { (String::from_utf8_lossy(h.key()).into_owned(), h.value().to_vec()) })
+                .collect()
+        };
+        let mut body = Vec::new();
+        if !body_chunks.is_null() {
+            // SAFETY: as for the headers.
+            for chunk in unsafe { std::slice::from_raw_parts(body_chunks, body_chunks_len) } {
+                body.extend_from_slice(unsafe { chunk.bytes() });
             }
-            let response = callout_response(result, headers, body);
-            if stream.callout_done(f, callout_id, response) == Outcome::Continue {
-                // Outside any decoder hook: resume the request Envoy holds for us.
-                // SAFETY: the stream is live.
-                unsafe { abi::envoy_dynamic_module_callback_http_filter_continue_decoding(f) };
-            }
-        },
-        |_| (),
-    )
+        }
+        let response = callout_response(result, headers, body);
+        if stream.callout_done(f, callout_id, response) == Outcome::Continue {
+            // Outside any decoder hook: resume the request Envoy holds for us.
+            // SAFETY: the stream is live.
+            unsafe { abi::envoy_dynamic_module_callback_http_filter_continue_decoding(f) };
+        }
+    })
 }
 
 // ------------------------------------------------------------------------------------------------------------

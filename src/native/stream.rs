@@ -1,4 +1,4 @@
-//! One HTTP stream of the signer: the pure request state machine ([`Request`]) and the carrying out of its
+//! One HTTP stream of the signer or of the route guard: the pure state machine ([`Request`], [`RouteGuard`]) and the carrying out of its
 //! [`Step`]s with ABI calls. One call into the pure side per hook; no policy here.
 
 use serde_json::Value;
@@ -6,12 +6,11 @@ use serde_json::Value;
 use crate::host::{
     Callout, CalloutResponse, Effects, HeaderEdit, HttpFilter, LocalResponse, LogLevel, Next, Step, AUDIT_NAMESPACE,
 };
-use crate::request::Request;
+use crate::request::{Request, RouteGuard};
 
 use super::abi::{self, Buffer, FilterEnvoyPtr, HttpHeader};
-use super::config::SignerConfig;
-use super::host::{header_values, set_header, StreamHost, StreamState};
-use super::jwt::{Captured, PAYLOAD_HEADER};
+use super::config::{Metrics, SignerConfig};
+use super::host::{set_header, StreamHost, StreamState};
 use super::log;
 
 /// The most steps one hook carries out (a step chains to the next through `AfterEdits` or a failed callout).
@@ -28,12 +27,12 @@ pub enum Outcome {
     Replied,
 }
 
-/// The signer's state for one stream.
+/// The state of one stream of the signer or of the route guard.
 pub struct Stream {
-    /// The config (Envoy keeps it alive while any of its streams exists).
-    config: *const SignerConfig,
-    /// `None`: this worker could not load the plugin (the stream is answered 500).
-    request: Option<Request>,
+    /// The config's metrics (Envoy keeps a config alive while any of its streams exists).
+    metrics: *const Metrics,
+    /// The pure state machine; `None`: this worker could not load the plugin (the stream is answered 500).
+    request: Option<Box<dyn HttpFilter>>,
     /// What the host remembers between hooks.
     state: StreamState,
     /// A local reply was sent (or a panic was caught): every later hook stops.
@@ -59,9 +58,9 @@ pub enum Hook {
 }
 
 /// Writes the effects: metrics, log lines, audit fields (dynamic metadata, namespace `mcp_jwt_signer`).
-fn emit(config: &SignerConfig, f: FilterEnvoyPtr, effects: &Effects) {
+fn emit(metrics: &Metrics, f: FilterEnvoyPtr, effects: &Effects) {
     for metric in &effects.metrics {
-        config.metrics.record(f, metric);
+        metrics.record(f, metric);
     }
     for (level, line) in &effects.logs {
         let level = match level {
@@ -205,10 +204,10 @@ pub fn callout_response(result: u32, headers: Vec<(String, Vec<u8>)>, body: Vec<
 }
 
 impl Stream {
-    /// A stream of `config` on this worker (its plugin is loaded on the worker's first stream).
-    pub fn new(config: &SignerConfig) -> Stream {
-        let request = match config.plugin() {
-            Ok(plugin) => Some(Request::new(plugin)),
+    /// A signer stream of `config` on this worker (its plugin is loaded on the worker's first stream).
+    pub fn signer(config: &SignerConfig) -> Stream {
+        let request: Option<Box<dyn HttpFilter>> = match config.plugin() {
+            Ok(plugin) => Some(Box::new(Request::new(plugin))),
             Err(message) => {
                 log(
                     abi::LOG_ERROR,
@@ -217,8 +216,17 @@ impl Stream {
                 None
             }
         };
+        Stream::new(&config.metrics, request)
+    }
+
+    /// A route guard stream (an upstream filter of the router: the route is final there).
+    pub fn route_guard(metrics: &Metrics) -> Stream {
+        Stream::new(metrics, Some(Box::new(RouteGuard)))
+    }
+
+    fn new(metrics: &Metrics, request: Option<Box<dyn HttpFilter>>) -> Stream {
         Stream {
-            config,
+            metrics,
             request,
             state: StreamState::default(),
             finished: false,
@@ -241,33 +249,27 @@ impl Stream {
         &mut self,
         f: FilterEnvoyPtr,
         hook: Hook,
-        call: impl FnOnce(&mut Request, &StreamHost<'_>) -> Step,
+        call: impl FnOnce(&mut dyn HttpFilter, &StreamHost<'_>) -> Step,
     ) -> Outcome {
         if self.finished {
             return Outcome::Replied;
         }
-        if hook == Hook::Headers {
-            self.capture_jwt_payload(f);
-            if self.finished {
-                return Outcome::Replied;
-            }
-        }
-        // SAFETY: Envoy's filter holds a reference to its config, so the config outlives every stream of it. The
-        // reference is not tied to `self`, so that `self.request` can be borrowed mutably.
-        let config: &SignerConfig = unsafe { &*self.config };
-        let Some(request) = self.request.as_mut() else {
+        // SAFETY: Envoy's filter holds a reference to its config, so the config (and the metrics and name inside
+        // it) outlives every stream of it. The references are not tied to `self`, so that `self.request` can be
+        // borrowed mutably.
+        let metrics: &Metrics = unsafe { &*self.metrics };
+        let Some(request) = self.request.as_deref_mut() else {
             self.fail(f, "the filter could not load its configuration on this worker");
             return Outcome::Replied;
         };
         let host = StreamHost {
             f,
             in_body_hook: hook == Hook::Body,
-            jwt_payload: &config.jwt_payload,
             state: &self.state,
         };
         let mut step = call(request, &host);
         for _ in 0..MAX_CHAINED_STEPS {
-            emit(config, f, &step.effects);
+            emit(metrics, f, &step.effects);
             if !step.edits.iter().all(|edit| apply(f, edit)) {
                 step = request.on_host_failure("cannot edit the request headers");
                 continue;
@@ -280,7 +282,6 @@ impl Stream {
                     send_response(f, &response, "mcp_jwt_signer");
                     return Outcome::Replied;
                 }
-                Next::AfterEdits => step = request.after_edits(&host),
                 Next::Callout(callout) => match start_callout(f, &callout) {
                     Ok(id) => {
                         self.callout = Some(id);
@@ -316,19 +317,5 @@ impl Stream {
         self.run(f, Hook::Callout, |request, host| {
             request.on_callout_response(host, response)
         })
-    }
-
-    /// Reads jwt_authn's payload header (`super::jwt`) before anything else, and removes it from the request:
-    /// the pure side and the upstream never see it.
-    fn capture_jwt_payload(&mut self, f: FilterEnvoyPtr) {
-        let mut values = header_values(f, PAYLOAD_HEADER);
-        self.state.captured = match values.len() {
-            0 => Captured::Absent,
-            1 => Captured::One(values.pop().unwrap_or_default()),
-            _ => Captured::Repeated,
-        };
-        if self.state.captured != Captured::Absent && !set_header(f, PAYLOAD_HEADER, None) {
-            self.fail(f, "cannot remove the jwt_authn payload header");
-        }
     }
 }

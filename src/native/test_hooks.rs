@@ -7,7 +7,7 @@
 #![allow(clippy::panic)]
 
 use super::abi::FilterEnvoyPtr;
-use super::host::header_values;
+use super::host::headers;
 use super::stream::Stream;
 
 /// The request header naming the hook to panic in.
@@ -34,9 +34,10 @@ pub fn filter_new() {
 /// A panic in `hook` when the request asked for one (the header is read when the headers arrive).
 pub fn stream_hook(stream: &mut Stream, f: FilterEnvoyPtr, hook: &str) {
     if hook == "request_headers" {
-        stream.test_panic = header_values(f, PANIC_HEADER)
-            .pop()
-            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        stream.test_panic = headers(f, super::abi::HEADER_REQUEST)
+            .into_iter()
+            .find(|(k, _)| k == PANIC_HEADER)
+            .map(|(_, v)| String::from_utf8_lossy(&v).into_owned());
     }
     if stream.test_panic.as_deref() == Some(hook) {
         panic!("test hook: deliberate panic in {hook}");

@@ -9,8 +9,8 @@ Two builds of the filter run the same suite, chosen by MCP_JWT_SIGNER_BUILD:
 - `native`: the Envoy dynamic module, $MCP_JWT_SIGNER_NATIVE or target/release/libmcp_jwt_signer.so (`make
   build-native`). The config is built exactly as for wasm (tests and their `extra_edit`s see envoy.yaml's wasm
   filter), then `to_native()` turns every wasm filter of this plugin into the dynamic-modules filter with the same
-  plugin JSON, puts the module's jwt_authn payload guard before each jwt_authn filter (and has jwt_authn forward
-  the verified payload to it), and renames the stats config's `wasmcustom.` prefixes.
+  plugin JSON, puts Envoy's set_filter_state filter after each jwt_authn filter (copying jwt_authn's records as
+  JSON into filter state, which the module reads), and renames the stats config's `wasmcustom.` prefixes.
 A build that is missing makes the tests FAIL, never skip. Tests inherently about the wasm build are marked
 `wasm_only` (conftest.py) and deselected in the native run.
 
@@ -52,10 +52,13 @@ if BUILD not in ("wasm", "native"):
 WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 DYNAMIC_MODULE_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
 JWT_AUTHN_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
-# The native module's jwt_authn payload guard and the header jwt_authn forwards the verified payload in
+SET_FILTER_STATE_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config"
+# The route guard's root id (wasm) and filter_name (native).
+NATIVE_ROUTE_GUARD_FILTER_NAME = "mcp_jwt_signer_route_guard"
+# The native build reads jwt_authn's records (payload_in_metadata, failed_status_in_metadata) from filter state
+# that Envoy's set_filter_state filter fills after jwt_authn: key NATIVE_JWT_AUTHN_STATE_PREFIX + <name>
 # (src/native/jwt.rs).
-NATIVE_GUARD_FILTER_NAME = "mcp_jwt_signer_jwt_guard"
-NATIVE_PAYLOAD_HEADER = "x-mcp-jwt-signer-payload"
+NATIVE_JWT_AUTHN_STATE_PREFIX = "mcp_jwt_signer.jwt_authn."
 # Where Envoy puts the filter's own metrics: wasm `wasmcustom.<name>`, a dynamic module its `metrics_namespace`
 # (default `dynamicmodulescustom`) + `.<name>`. The filter's names are `mcp_jwt_signer.<metric>` in both.
 STATS_NAMESPACE = {"wasm": "wasmcustom", "native": "dynamicmodulescustom"}[BUILD]
@@ -266,10 +269,10 @@ def native_filter(plugin_json: str, module: Path = None) -> dict:
     }
 
 
-def native_guard_filter(module: Path = None) -> dict:
-    """The module's jwt_authn payload guard (src/native/jwt.rs): must run before jwt_authn."""
+def native_route_guard_filter(module: Path = None) -> dict:
+    """The module's route guard as an upstream filter of the router (src/request/guard.rs)."""
     return {
-        "name": "mcp_jwt_signer.jwt_guard",
+        "name": "envoy.filters.http.dynamic_modules",
         "typed_config": {
             "@type": DYNAMIC_MODULE_FILTER_TYPE,
             "dynamic_module_config": {
@@ -277,7 +280,29 @@ def native_guard_filter(module: Path = None) -> dict:
                 "module": {"local": {"filename": str(module or NATIVE)}},
                 "do_not_close": True,
             },
-            "filter_name": NATIVE_GUARD_FILTER_NAME,
+            "filter_name": NATIVE_ROUTE_GUARD_FILTER_NAME,
+        },
+    }
+
+
+def native_jwt_authn_state_filter(names) -> dict:
+    """Envoy's set_filter_state filter copying jwt_authn's metadata records `names` (payload_in_metadata,
+    failed_status_in_metadata) as JSON into filter state, where the native module reads them: it must run after
+    jwt_authn (src/native/jwt.rs)."""
+    return {
+        "name": "envoy.filters.http.set_filter_state",
+        "typed_config": {
+            "@type": SET_FILTER_STATE_FILTER_TYPE,
+            "on_request_headers": [{
+                "object_key": NATIVE_JWT_AUTHN_STATE_PREFIX + name,
+                "factory_key": "envoy.string",
+                "format_string": {
+                    "text_format_source": {"inline_string": f"%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:{name})%"},
+                    "omit_empty_values": True,
+                },
+                "skip_if_empty": True,
+                "read_only": True,
+            } for name in names],
         },
     }
 
@@ -309,25 +334,35 @@ def listener_for_build(listener: dict) -> dict:
 
 def to_native(cfg: dict, module: Path = None) -> dict:
     """Turns a config made for the wasm filter into one for the native module, in place:
-    - every wasm filter of this plugin becomes the dynamic-modules filter with the same plugin JSON;
-    - before the first jwt_authn filter of a chain that has the signer goes the module's payload guard, and every
-      jwt_authn provider with `payload_in_metadata` also forwards the verified payload in the guard's header
-      (`forward_payload_header`): `jwt:` sources read it there (src/native/jwt.rs);
+    - every wasm filter of this plugin becomes the dynamic-modules filter with the same plugin JSON, and the route
+      guard (the module as an upstream filter of the router, root id mcp_jwt_signer_route_guard) the module's
+      route guard (filter_name mcp_jwt_signer_route_guard);
+    - after each jwt_authn filter of a chain that has the signer goes Envoy's set_filter_state filter, copying each
+      provider's `payload_in_metadata` and `failed_status_in_metadata` record as JSON into filter state, where
+      `jwt:` sources and `jwt_failure_in_metadata` read them (src/native/jwt.rs);
     - the stats config's `wasmcustom.mcp_jwt_signer` prefixes become the native namespace's."""
     for hcm in _http_connection_managers(cfg):
         filters = hcm["http_filters"]
+        for flt in filters:  # the route guard, an upstream filter of the router
+            upstream = flt.get("typed_config", {}).get("upstream_http_filters", [])
+            for i, up in enumerate(upstream):
+                if _is_this_wasm(up):
+                    assert up["typed_config"]["config"].get("root_id") == NATIVE_ROUTE_GUARD_FILTER_NAME, up
+                    upstream[i] = native_route_guard_filter(module)
         if not any(_is_this_wasm(f) for f in filters):
             continue
         for i, flt in enumerate(filters):
             if _is_this_wasm(flt):
                 filters[i] = native_filter(flt["typed_config"]["config"]["configuration"]["value"], module)
         jwt_at = [i for i, f in enumerate(filters) if f.get("typed_config", {}).get("@type") == JWT_AUTHN_FILTER_TYPE]
-        for i in jwt_at:
+        for i in reversed(jwt_at):
+            names = []
             for provider in filters[i]["typed_config"].get("providers", {}).values():
-                if provider.get("payload_in_metadata"):
-                    provider["forward_payload_header"] = NATIVE_PAYLOAD_HEADER
-        if jwt_at:
-            filters.insert(jwt_at[0], native_guard_filter(module))
+                for key in ("payload_in_metadata", "failed_status_in_metadata"):
+                    if provider.get(key) and provider[key] not in names:
+                        names.append(provider[key])
+            if names:
+                filters.insert(i + 1, native_jwt_authn_state_filter(names))
     def rename(value):
         if isinstance(value, dict):
             return {k: rename(v) for k, v in value.items()}

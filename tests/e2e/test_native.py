@@ -1,5 +1,6 @@
 """What only the native build (the Envoy dynamic module, `make build-native`) has: its load-time checks, its metric
-names, its jwt_authn payload guard (src/native/jwt.rs) and its panic barrier (src/native/mod.rs).
+names, how it reads jwt_authn's records (filter state filled by set_filter_state, src/native/jwt.rs) and its panic
+barrier (src/native/mod.rs).
 
 The panic tests use the test-hooks build (`--features native-test-hooks`, which `make build-native` puts in
 target/native-test-hooks/, never in target/release/): a request header or an environment variable makes one entry
@@ -22,8 +23,8 @@ from harness import (
     MCP_HEADERS,
     METRIC_PREFIX,
     NATIVE,
-    NATIVE_GUARD_FILTER_NAME,
     REPO,
+    SET_FILTER_STATE_FILTER_TYPE,
     filter_stats,
     rpc,
     running_gateway,
@@ -123,7 +124,7 @@ def test_the_module_loads_by_name_from_the_search_path(tmp_path, upstream):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# jwt: sources: the guard
+# jwt: sources: jwt_authn's records reach the module through filter state (src/native/jwt.rs)
 # ----------------------------------------------------------------------------------------------------------------
 def jwt_config(url: str) -> dict:
     return {"issuer": url, "identity": {"subject": ["jwt:sub", "header:x-user-id"]}, "token_cache": {"max_entries": 0}}
@@ -139,32 +140,35 @@ def _gateway(tmp_path, idp, after_build):
     return running_gateway(tmp_path, jwt_config, extra_edit=edit, after_build=after_build)
 
 
-def without_guard(cfg):
-    for filters in http_filters(cfg):
-        filters[:] = [f for f in filters if f.get("typed_config", {}).get("filter_name") != NATIVE_GUARD_FILTER_NAME]
+def _state_filter_at(filters) -> int:
+    (at,) = [i for i, f in enumerate(filters) if f.get("typed_config", {}).get("@type") == SET_FILTER_STATE_FILTER_TYPE]
+    return at
 
 
-def guard_after_jwt_authn(cfg):
+def without_copy(cfg):
     for filters in http_filters(cfg):
-        (guard,) = [f for f in filters if f.get("typed_config", {}).get("filter_name") == NATIVE_GUARD_FILTER_NAME]
-        filters.remove(guard)
+        del filters[_state_filter_at(filters)]
+
+
+def copy_before_jwt_authn(cfg):
+    for filters in http_filters(cfg):
+        copier = filters.pop(_state_filter_at(filters))
         (jwt_at,) = [i for i, f in enumerate(filters) if f["name"] == "envoy.filters.http.jwt_authn"]
-        filters.insert(jwt_at + 1, guard)
+        filters.insert(jwt_at, copier)
 
 
-def no_forwarded_payload(cfg):
+def copy_of_the_wrong_record(cfg):
+    """The filter state holds a constant payload, whatever jwt_authn did (an operator's mistake)."""
     for filters in http_filters(cfg):
-        for f in filters:
-            for provider in f.get("typed_config", {}).get("providers", {}).values():
-                provider.pop("forward_payload_header", None)
+        entry = filters[_state_filter_at(filters)]["typed_config"]["on_request_headers"][0]
+        entry["format_string"]["text_format_source"]["inline_string"] = '{"sub":"constant-admin"}'
 
 
 @pytest.mark.parametrize("broken,why", [
-    (without_guard, "guard filter (filter_name mcp_jwt_signer_jwt_guard) before jwt_authn; it did not run"),
-    (guard_after_jwt_authn, "did not forward its payload"),
-    (no_forwarded_payload, "did not forward its payload"),
-], ids=["no-guard", "guard-after-jwt_authn", "no-forward_payload_header"])
-def test_jwt_sources_fail_closed_when_the_guard_cannot_vouch_for_the_payload(tmp_path, idp, broken, why):
+    (without_copy, "no envoy.filters.http.set_filter_state after jwt_authn copied it"),
+    (copy_before_jwt_authn, "no envoy.filters.http.set_filter_state after jwt_authn copied it"),
+], ids=["no-set_filter_state", "set_filter_state-before-jwt_authn"])
+def test_a_verified_token_whose_payload_cannot_be_read_is_refused(tmp_path, idp, broken, why):
     with _gateway(tmp_path, idp, broken) as g:
         r = post(g.url, tool_call("get_weather", id=5), token=idp.token("alice"), headers={"x-user-id": "mallory"})
         assert r.status_code == 400, (r.status_code, r.text[:300])
@@ -172,17 +176,32 @@ def test_jwt_sources_fail_closed_when_the_guard_cannot_vouch_for_the_payload(tmp
         time.sleep(0.15)
         assert g.upstream.requests == [], "nothing may be forwarded"
         assert why in g.envoy.log(), g.envoy.log_tail()
-        if broken is without_guard:  # no guard: not even a request without a token gets through on a header
-            r = post(g.url, tool_call("get_weather", id=6), headers={"x-user-id": "mallory"})
-            assert r.status_code == 400, (r.status_code, r.text[:300])
-
-
-def test_with_the_guard_the_verified_payload_is_read(tmp_path, idp):
-    with _gateway(tmp_path, idp, None) as g:
-        r = post(g.url, tool_call("get_weather"), token=idp.token("alice"))
-        assert r.status_code == 200, r.text[:300]
+        # Without a token jwt_authn records nothing: the next source (the header) is used, as under wasm.
+        r = post(g.url, tool_call("get_weather", id=6), headers={"x-user-id": "bob"})
+        assert r.status_code == 200, (r.status_code, r.text[:300])
         _, token = forwarded(g.upstream)
-        assert verify_with_discovery(token, g.url, "mcp")["sub"] == "alice"
+        assert verify_with_discovery(token, g.url, "mcp")["sub"] == "bob"
+
+
+def test_a_copy_without_a_jwt_authn_record_is_refused(tmp_path, idp):
+    with _gateway(tmp_path, idp, copy_of_the_wrong_record) as g:
+        r = post(g.url, tool_call("get_weather", id=7), headers={"x-user-id": "bob"})
+        assert r.status_code == 400, (r.status_code, r.text[:300])
+        assert "jwt_authn recorded nothing under that name" in g.envoy.log(), g.envoy.log_tail()
+
+
+SPOOF = {"x-jwt-payload": "eyJzdWIiOiJhZG1pbiJ9", "x-mcp-jwt-signer-payload": "eyJzdWIiOiJhZG1pbiJ9",
+         "x-mcp-jwt-signer-jwt-authn-jwt-payload": "{\"sub\":\"admin\"}", "x-user-id": "bob"}
+
+
+def test_the_verified_payload_is_read_and_client_headers_cannot_supply_one(tmp_path, idp):
+    with _gateway(tmp_path, idp, None) as g:
+        for token, expect in ((idp.token("alice"), "alice"), (None, "bob")):
+            g.upstream.clear()
+            r = post(g.url, tool_call("get_weather"), token=token, headers=SPOOF)
+            assert r.status_code == 200, r.text[:300]
+            _, minted = forwarded(g.upstream)
+            assert verify_with_discovery(minted, g.url, "mcp")["sub"] == expect
 
 
 # ----------------------------------------------------------------------------------------------------------------
