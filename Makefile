@@ -9,13 +9,16 @@ VPY        := $(VENV)/bin/python
 ENVOY      := $(VENV)/bin/envoy
 TARGET     := wasm32-wasip1
 WASM       := target/$(TARGET)/release/mcp_jwt_signer.wasm
+# The native build (an Envoy 1.40 dynamic module) and its test-hooks variant (the panic tests; never shipped).
+NATIVE_SO  := target/release/libmcp_jwt_signer.so
+NATIVE_TEST_HOOKS_DIR := target/native-test-hooks
 REQS       := tests/requirements.txt
 PYTEST_ARGS ?=
 
 OCI_DIR    := target/oci/mcp-jwt-signer
 FUZZ_SECONDS ?= 15
 
-.PHONY: all build target venv test unit lint e2e run bench bench-status oci schemas tools prometheus node-deps oauth-deps \
+.PHONY: all build build-native target venv test unit lint e2e e2e-wasm e2e-native run bench bench-status oci schemas tools prometheus node-deps oauth-deps \
         ts-server go-tools fuzz supply-chain clean
 
 all: build
@@ -23,6 +26,17 @@ all: build
 ## build: the filter, target/wasm32-wasip1/release/mcp_jwt_signer.wasm
 build: target
 	cargo build --release --target $(TARGET)
+
+## build-native: the native build, an Envoy 1.40 dynamic module: target/release/libmcp_jwt_signer.so (cargo profile
+## release-native, which unwinds panics so that the module catches them; AWS-LC crypto). Also the test-hooks build
+## the panic tests load, in its own target dir: target/native-test-hooks/libmcp_jwt_signer.so. `install` writes a
+## new file, so a running Envoy that has the old one loaded is not disturbed.
+build-native:
+	cargo build --profile release-native --features native --lib
+	install -D -m 755 target/release-native/libmcp_jwt_signer.so $(NATIVE_SO)
+	CARGO_TARGET_DIR=$(NATIVE_TEST_HOOKS_DIR) cargo build --profile release-native --features native-test-hooks --lib
+	install -D -m 755 $(NATIVE_TEST_HOOKS_DIR)/release-native/libmcp_jwt_signer.so \
+	  $(NATIVE_TEST_HOOKS_DIR)/libmcp_jwt_signer.so
 
 ## target: install the wasm32-wasip1 Rust target when it is missing
 target:
@@ -41,17 +55,28 @@ $(VENV)/.installed: $(REQS)
 ## a short fuzzing run of each fuzz target, and the offline supply-chain checks
 test: lint unit fuzz supply-chain e2e
 
-## lint: rustfmt, and clippy natively and for the wasm target (which it installs first)
+## lint: rustfmt, and clippy natively, for the wasm target (which it installs first) and for the native build
 lint: target
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --release --target $(TARGET) --lib -- -D warnings
+	cargo clippy --features native --all-targets -- -D warnings
+	cargo clippy --features native-test-hooks --lib -- -D warnings
 
+## unit: the unit and property tests, then the native build's (its adapter, and AWS-LC against the wasm signers)
 unit:
 	cargo test
+	cargo test --features native --lib
 
-e2e: build venv schemas tools node-deps
-	$(VPY) -m pytest tests/e2e -q $(PYTEST_ARGS)
+## e2e: the end-to-end suite against both builds: the wasm filter, then the native module (tests marked for the
+## other build are deselected: tests/e2e/conftest.py)
+e2e: e2e-wasm e2e-native
+
+e2e-wasm: build venv schemas tools node-deps
+	$(VPY) -m pytest tests/e2e -q -m "not native_only" $(PYTEST_ARGS)
+
+e2e-native: build build-native venv schemas tools node-deps
+	MCP_JWT_SIGNER_BUILD=native $(VPY) -m pytest tests/e2e -q -m "not wasm_only and not no_filter" $(PYTEST_ARGS)
 
 ## fuzz: each cargo-fuzz target for FUZZ_SECONDS (installs cargo-fuzz when missing); a crash fails the run
 fuzz:
@@ -61,9 +86,10 @@ fuzz:
 supply-chain:
 	bash scripts/supply-chain.sh
 
-## bench: Envoy alone vs Envoy + filter (warm, cold) at --concurrency 1 and 2, plus the mint cost vs OpenSSL;
-## then the numbers README.md and bench/README.md quote are regenerated from the new bench/latest.md
-bench: build venv
+## bench: Envoy alone vs Envoy + the wasm filter vs Envoy + the native module (warm, cold), at --concurrency 1 and
+## 2, plus the mint cost vs OpenSSL (BENCH_REPEAT=3 alternates the rows three times and reports medians); then the
+## numbers README.md and bench/README.md quote are regenerated from the new bench/latest.md
+bench: build build-native venv
 	$(VPY) scripts/bench.py $(BENCH_ARGS)
 	$(PYTHON) scripts/bench_summary.py --write
 

@@ -121,11 +121,12 @@ def rfc7638_thumbprint(jwk: dict) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
 
 
-def built_filter() -> Path:
-    """The artefact of the build under test; a missing one is a failure (never a skip)."""
-    path = NATIVE if BUILD == "native" else WASM
+def built_filter(build: str = None) -> Path:
+    """The artefact of the build under test (or of `build`); a missing one is a failure (never a skip)."""
+    build = build or BUILD
+    path = NATIVE if build == "native" else WASM
     if not path.exists():
-        hint = "make build-native" if BUILD == "native" else "make build"
+        hint = "make build-native" if build == "native" else "make build"
         raise AssertionError(f"filter not built: {path} is missing (run `{hint}` before the e2e tests)")
     return path
 
@@ -216,7 +217,7 @@ def upstream_cluster_name(cfg: dict) -> str:
 
 
 def build_envoy_config(plugin_config, *, admin_port: int, listener_port: int, upstream_port: int, extra_edit=None,
-                       after_build=None) -> dict:
+                       after_build=None, build: str = None) -> dict:
     """envoy.yaml with the ports and the plugin JSON set, then `extra_edit(cfg)`, then the build's transformation
     (to_native), then `after_build(cfg)` (a test of one build that edits what that build needs)."""
     cfg = copy.deepcopy(load_envoy_yaml())
@@ -241,7 +242,7 @@ def build_envoy_config(plugin_config, *, admin_port: int, listener_port: int, up
 
     if extra_edit is not None:
         extra_edit(cfg)
-    if BUILD == "native":
+    if (build or BUILD) == "native":
         to_native(cfg)
     if after_build is not None:
         after_build(cfg)
@@ -430,8 +431,8 @@ class Envoy:
 
 
 def _spawn(workdir: Path, plugin_config, upstream_port: int, concurrency: int, env, extra_edit, tag: str,
-           listener_port=None, extra_args=(), scheme: str = "http", after_build=None) -> Envoy:
-    built_filter()
+           listener_port=None, extra_args=(), scheme: str = "http", after_build=None, build: str = None) -> Envoy:
+    built_filter(build)
     workdir.mkdir(parents=True, exist_ok=True)
     admin_port = free_port()
     if listener_port is None:
@@ -439,7 +440,8 @@ def _spawn(workdir: Path, plugin_config, upstream_port: int, concurrency: int, e
     if callable(plugin_config):  # a config that needs the listener URL (e.g. an issuer with a path)
         plugin_config = plugin_config(f"http://127.0.0.1:{listener_port}")
     cfg = build_envoy_config(plugin_config, admin_port=admin_port, listener_port=listener_port,
-                             upstream_port=upstream_port, extra_edit=extra_edit, after_build=after_build)
+                             upstream_port=upstream_port, extra_edit=extra_edit, after_build=after_build,
+                             build=build)
     config_path = workdir / f"envoy-{tag}.yaml"
     config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     log_path = workdir / f"envoy-{tag}.log"
@@ -476,7 +478,7 @@ def _admin_ready(envoy: Envoy) -> bool:
 
 def start_envoy(workdir: Path, plugin_config, upstream_port: int, *, concurrency: int = 1, env=None,
                 extra_edit=None, ready_path=None, timeout: float = STARTUP_TIMEOUT, listener_port=None,
-                extra_args=(), scheme: str = "http", probe_kwargs=None, after_build=None) -> Envoy:
+                extra_args=(), scheme: str = "http", probe_kwargs=None, after_build=None, build: str = None) -> Envoy:
     """Start Envoy and wait until admin /ready is 200 AND the JWKS answers 200 through the listener.
 
     `plugin_config`: a dict (dumped to JSON), a raw JSON string, or a callable(listener_base_url) -> dict|str for
@@ -484,11 +486,14 @@ def start_envoy(workdir: Path, plugin_config, upstream_port: int, *, concurrency
     `listener_port`: a fixed listener port (e.g. to restart a gateway at the same address); default: a free one.
     `extra_args`: more Envoy command-line arguments (e.g. ["--file-flush-interval-msec", "50"]).
     `scheme` ("https" for a listener that an `extra_edit` gave a TLS transport socket) and `probe_kwargs` (extra
-    `requests.get` arguments, e.g. `cert=` and `verify=` for mutual TLS) shape the readiness probe."""
+    `requests.get` arguments, e.g. `cert=` and `verify=` for mutual TLS) shape the readiness probe.
+    `after_build`: edits the config after the build's transformation; `build`: "wasm" or "native" instead of
+    MCP_JWT_SIGNER_BUILD (the benchmark runs both in one process)."""
     last_error = None
     for attempt in range(3):  # a free port can be taken by someone else between probing and binding: retry
         envoy = _spawn(workdir, plugin_config, upstream_port, concurrency, env, extra_edit, tag=f"{attempt}",
-                       listener_port=listener_port, extra_args=extra_args, scheme=scheme, after_build=after_build)
+                       listener_port=listener_port, extra_args=extra_args, scheme=scheme, after_build=after_build,
+                       build=build)
         try:
             path = ready_path if ready_path is not None else issuer_path(envoy.plugin_config) + JWKS_SUFFIX
             _wait_ready(envoy, path, timeout, probe_kwargs)
