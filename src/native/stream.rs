@@ -76,7 +76,7 @@ fn emit(metrics: &Metrics, f: FilterEnvoyPtr, effects: &Effects) {
 }
 
 /// One audit field as dynamic metadata: `%DYNAMIC_METADATA(mcp_jwt_signer:<key>)%` in an access log.
-fn set_audit(f: FilterEnvoyPtr, key: &str, value: &Value) {
+pub(crate) fn set_audit(f: FilterEnvoyPtr, key: &str, value: &Value) {
     let (ns, k) = (Buffer::of(AUDIT_NAMESPACE.as_bytes()), Buffer::of(key.as_bytes()));
     // SAFETY: the stream is live; buffers are read during each call.
     unsafe {

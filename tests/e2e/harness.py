@@ -553,13 +553,13 @@ class FailedStart:
 
 def start_envoy_expect_failure(workdir: Path, plugin_config, upstream_port: int, *, concurrency: int = 1, env=None,
                                extra_edit=None, timeout: float = STARTUP_TIMEOUT, grace: float = 1.0,
-                               after_build=None) -> FailedStart:
+                               after_build=None, build: str = None) -> FailedStart:
     """Start Envoy with a bad config; return once it has exited, or once admin /ready is 200 (+ a short grace).
 
     Whether Envoy refuses at startup (exits) or starts and answers 5xx is for the caller to check.
     """
     envoy = _spawn(workdir, plugin_config, upstream_port, concurrency, env, extra_edit, tag="bad",
-                   after_build=after_build)
+                   after_build=after_build, build=build)
     deadline = time.monotonic() + timeout
     while True:
         if not envoy.alive():

@@ -258,3 +258,34 @@ def test_a_panic_in_config_new_refuses_the_config(tmp_path, upstream):
     assert res.exited and res.returncode == 1, res.log()[-3000:]  # refused, not aborted (-6)
     assert "panic caught in http_filter_config_new" in res.log()
     assert "Failed to initialize dynamic module" in res.log()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# audit fields: dynamic metadata (test-hooks build: the adapter writes sample fields as it writes Effects::audit)
+# ----------------------------------------------------------------------------------------------------------------
+def test_audit_fields_are_dynamic_metadata_for_the_access_log(tmp_path, upstream):
+    from harness import start_envoy
+    access_log = tmp_path / "access.log"
+    fmt = ("sub=%DYNAMIC_METADATA(mcp_jwt_signer:test_sub)% exp=%DYNAMIC_METADATA(mcp_jwt_signer:test_exp)% "
+           "cached=%DYNAMIC_METADATA(mcp_jwt_signer:test_cached)% tools=%DYNAMIC_METADATA(mcp_jwt_signer:test_tools)%\n")
+
+    def with_access_log(cfg):
+        hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(access_log), "log_format": {"text_format_source": {"inline_string": fmt}}}}]
+
+    e = start_envoy(tmp_path / "e", lambda url: {"issuer": url}, upstream.port, extra_edit=with_access_log,
+                    after_build=use_module(hooks_build()), extra_args=["--file-flush-interval-msec", "50"])
+    try:
+        r = requests.post(e.url + "/mcp", data=json.dumps(rpc("tools/list")),
+                          headers={**MCP_HEADERS, "x-mcp-jwt-signer-test-audit": "1"}, timeout=10)
+        assert r.status_code == 200, r.text[:300]
+        deadline = time.monotonic() + 5
+        while "sub=alice" not in (access_log.read_text() if access_log.exists() else ""):
+            assert time.monotonic() < deadline, access_log.read_text() if access_log.exists() else "(no access log)"
+            time.sleep(0.05)
+        line = [ln for ln in access_log.read_text().splitlines() if "sub=alice" in ln][0]
+        assert line == 'sub=alice exp=1767225600 cached=true tools=["get_weather","search"]', line
+    finally:
+        e.stop()
