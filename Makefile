@@ -69,10 +69,11 @@ unit:
 	cargo test --features native --lib
 
 ## e2e: the end-to-end suite against both builds: the wasm filter, then the native module (tests marked for the
-## other build are deselected: tests/e2e/conftest.py)
+## other build are deselected: tests/e2e/conftest.py). The wasm run needs the native build too: the docs' native
+## Envoy snippets are validated in it.
 e2e: e2e-wasm e2e-native
 
-e2e-wasm: build venv schemas tools node-deps
+e2e-wasm: build build-native venv schemas tools node-deps
 	$(VPY) -m pytest tests/e2e -q -m "not native_only" $(PYTEST_ARGS)
 
 e2e-native: build build-native venv schemas tools node-deps

@@ -46,6 +46,7 @@ from harness import (
     JWKS_SUFFIX,
     METRIC_PREFIX,
     MCP_HEADERS,
+    NATIVE,
     WASM,
     b64url_decode,
     envoy_binary,
@@ -145,6 +146,7 @@ def placeholders(keys, tls_files):
     values = {k: json.dumps(v) for k, v in json_pem.items()}
     values.update({
         "<path to mcp_jwt_signer.wasm>": str(WASM),
+        "<path to libmcp_jwt_signer.so>": str(NATIVE),
         "<server certificate PEM file>": str(tls_files["cert"]),
         "<server private key PEM file>": str(tls_files["key"]),
         "<your CA certificate PEM file>": str(tls_files["ca"]),
