@@ -25,8 +25,10 @@
 //! - **Callouts** (`Next::Callout`): `http_filter_http_callout`; a response with a `:status` is a response (Envoy's
 //!   own 503 for a dead cluster and 504 for a timeout included); a reset or a callout that cannot start is
 //!   `on_callout_response(None)`.
-//! - **`jwt:` sources**: see [`jwt`] (the ABI cannot read jwt_authn's payload Struct; a guard filter and jwt_authn's
-//!   `forward_payload_header` make the payload readable without letting a client spoof it).
+//! - **`jwt:` sources and `jwt_failure_in_metadata`**: the ABI cannot read jwt_authn's Structs; Envoy's
+//!   `set_filter_state` filter copies them as JSON into filter state, which no client can write (see [`jwt`]).
+//! - **The route guard** (`filter_name: mcp_jwt_signer_route_guard`, an upstream filter of the router) runs
+//!   `crate::request::RouteGuard` through the same adapter.
 //! - **Panics**: a panic unwinding into Envoy aborts the whole process. Every entry point runs under
 //!   `catch_unwind` ([`barrier`]) and fails closed (a JSON-RPC 500 for a stream, NULL for a config); the module
 //!   must be built with `panic = "unwind"` (`--profile release-native`), which is checked at compile time.

@@ -77,6 +77,7 @@ def test_abi_version_matches_and_every_metric_is_defined_at_load(envoy):
                  *[f"refused.{r}" for r in reasons]]:
         assert name in stats, (name, sorted(stats))
     assert stats["jwks_served"] >= 1  # the readiness probe
+    assert stats["generated_key_in_use"] == 1, stats  # the gauge, set when the config was created
     # Prometheus: Envoy does not strip this namespace (it strips wasmcustom): envoy_dynamicmodulescustom_...
     text = requests.get(e.admin_url + "/stats/prometheus", timeout=5).text
     assert "envoy_dynamicmodulescustom_mcp_jwt_signer_jwks_served" in text, text[:2000]
