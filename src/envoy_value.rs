@@ -54,7 +54,7 @@ fn decode_at(bytes: &[u8], depth: usize) -> Option<Value> {
 
 /// A JSON number for a double: integral values within ±2^53 become integers (claims like `exp` or a numeric
 /// user id), others stay floating point; NaN and infinities are refused.
-fn number(n: f64) -> Option<Number> {
+pub fn number(n: f64) -> Option<Number> {
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     if n.is_finite() && n.fract() == 0.0 && n.abs() <= EXACT {
         Some(Number::from(n as i64))

@@ -12,7 +12,8 @@
 //!   [`crypto`]: keys, signatures and JWS (a leaf);
 //! - [`host`]: what the filter needs from a proxy (a trait) and a fake proxy for tests; [`envoy_value`]:
 //!   Envoy's attribute encoding;
-//! - `wasm`: the proxy-wasm adapter (only in the wasm32 build).
+//! - `wasm`: the proxy-wasm adapter (only in the wasm32 build); `native`: the Envoy dynamic-module adapter (only
+//!   with the `native` feature, `make build-native`).
 //!
 //! Dependencies point one way, down this list; `tests/module_graph.rs` fails on an import circle.
 
@@ -37,3 +38,6 @@ pub mod well_known;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;
+
+#[cfg(all(feature = "native", not(target_arch = "wasm32")))]
+mod native;

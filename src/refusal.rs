@@ -80,6 +80,35 @@ pub enum Refusal {
     Internal(&'static str),
 }
 
+/// Every [`Refusal::reason`], once: hosts that must declare their metrics up front (Envoy's dynamic modules define
+/// counters only while a filter config is created) define `refused.<reason>` for each. A unit test proves that
+/// every variant's reason is listed.
+pub const REASONS: &[&str] = &[
+    "parse_error",
+    "invalid_request",
+    "invalid_params",
+    "body_too_large",
+    "unsupported_encoding",
+    "method_not_allowed",
+    "unexpected_body",
+    "unexpected_trailers",
+    "invalid_identity",
+    "invalid_authority",
+    "header_mismatch",
+    "unauthenticated",
+    "invalid_token",
+    "insufficient_scope",
+    "missing_required_claim",
+    "tool_not_allowed",
+    "bad_route_metadata",
+    "route_changed",
+    "token_too_large",
+    "key_unavailable",
+    "internal_error",
+    "introspection_unavailable",
+    "delegation_refused",
+];
+
 impl Refusal {
     /// The HTTP status.
     pub fn status(&self) -> u32 {
@@ -305,6 +334,91 @@ mod tests {
         assert_eq!(body["error"]["code"], -32602);
         assert_eq!(r.status(), 400);
         assert!(r.to_string().contains("reason=invalid_params"));
+    }
+
+    /// One refusal of every variant. The match has no wildcard arm, so a new variant does not compile until it is
+    /// added here (and then its reason must be in `REASONS`).
+    fn one_of_each() -> Vec<Refusal> {
+        use crate::identity::IdentityError;
+        let samples = vec![
+            Refusal::Body(McpError::Parse("x".into())),
+            Refusal::Body(McpError::InvalidRequest {
+                id: None,
+                detail: "x".into(),
+            }),
+            Refusal::Body(McpError::InvalidParams {
+                id: None,
+                detail: "x".into(),
+            }),
+            Refusal::BodyTooLarge { limit: 1 },
+            Refusal::UnsupportedEncoding,
+            Refusal::MethodNotAllowed { allow: "GET" },
+            Refusal::UnexpectedBody,
+            Refusal::UnexpectedTrailers,
+            Refusal::Identity(IdentityError {
+                source: "header:x".into(),
+                reason: "is repeated",
+            }),
+            Refusal::BadAuthority,
+            Refusal::HeaderMismatch("x"),
+            Refusal::Unauthenticated,
+            Refusal::TokenRequired { scope: "x".into() },
+            Refusal::InvalidToken { description: "x" },
+            Refusal::InsufficientScope { scope: "x".into() },
+            Refusal::MissingClaim("x".into()),
+            Refusal::ToolNotAllowed("x".into()),
+            Refusal::BadRouteMetadata("x"),
+            Refusal::RouteChanged,
+            Refusal::TokenTooLarge { bytes: 2, limit: 1 },
+            Refusal::KeyUnavailable,
+            Refusal::Internal("x"),
+            Refusal::IntrospectionUnavailable,
+            Refusal::Delegation("x"),
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &samples {
+            let variant = match r {
+                Refusal::Body(McpError::Parse(_)) => 0,
+                Refusal::Body(McpError::InvalidRequest { .. }) => 1,
+                Refusal::Body(McpError::InvalidParams { .. }) => 2,
+                Refusal::BodyTooLarge { .. } => 3,
+                Refusal::UnsupportedEncoding => 4,
+                Refusal::MethodNotAllowed { .. } => 5,
+                Refusal::UnexpectedBody => 6,
+                Refusal::UnexpectedTrailers => 7,
+                Refusal::Identity(_) => 8,
+                Refusal::BadAuthority => 9,
+                Refusal::HeaderMismatch(_) => 10,
+                Refusal::Unauthenticated => 11,
+                Refusal::MissingClaim(_) => 12,
+                Refusal::ToolNotAllowed(_) => 13,
+                Refusal::BadRouteMetadata(_) => 14,
+                Refusal::RouteChanged => 15,
+                Refusal::TokenTooLarge { .. } => 16,
+                Refusal::KeyUnavailable => 17,
+                Refusal::Internal(_) => 18,
+                Refusal::TokenRequired { .. } => 19,
+                Refusal::InvalidToken { .. } => 20,
+                Refusal::InsufficientScope { .. } => 21,
+                Refusal::IntrospectionUnavailable => 22,
+                Refusal::Delegation(_) => 23,
+            };
+            seen.insert(variant);
+        }
+        assert_eq!(seen.len(), 24, "a match arm without a sample");
+        samples
+    }
+
+    #[test]
+    fn every_reason_is_listed_once() {
+        let samples = one_of_each();
+        for r in &samples {
+            assert!(REASONS.contains(&r.reason()), "{} is missing from REASONS", r.reason());
+        }
+        let distinct: std::collections::BTreeSet<_> = REASONS.iter().collect();
+        assert_eq!(distinct.len(), REASONS.len(), "REASONS repeats a reason");
+        let produced: std::collections::BTreeSet<_> = samples.iter().map(Refusal::reason).collect();
+        assert_eq!(produced.len(), REASONS.len(), "REASONS lists a reason no variant has");
     }
 
     #[test]

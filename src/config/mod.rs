@@ -417,6 +417,10 @@ mod tests {
     /// Each field of README.md's configuration table, set to a value other than its default, and read: the check
     /// holds for that configuration and not for the defaults, so a field that is parsed but then ignored (or
     /// replaced by its default) fails here. A field added to the README without a case here fails too.
+    /// The smallest introspection object (its three required fields).
+    const INTROSPECTION_MIN: &str =
+        r#""introspection":{"cluster":"idp","path":"/introspect","authority":"idp.example.com"}"#;
+
     #[test]
     fn every_documented_field_is_read() {
         use p256::pkcs8::EncodePublicKey;
@@ -588,6 +592,74 @@ mod tests {
             ("delegation", r#""delegation":{"nest_act":false}"#, |c| {
                 !c.delegation.nest_act
             }),
+            ("delegation.nest_act", r#""delegation":{"nest_act":false}"#, |c| {
+                !c.delegation.nest_act && c.delegation.enforce_may_act
+            }),
+            (
+                "delegation.enforce_may_act",
+                r#""delegation":{"enforce_may_act":false}"#,
+                |c| c.delegation.nest_act && !c.delegation.enforce_may_act,
+            ),
+            (
+                "channel_token.audience",
+                r#""channel_token":{"audience":"chan"}"#,
+                |c| c.upstream.channel_token.as_ref().is_some_and(|t| t.audience == "chan"),
+            ),
+            (
+                "channel_token.ttl_seconds",
+                r#""channel_token":{"audience":"chan","ttl_seconds":77}"#,
+                |c| c.upstream.channel_token.as_ref().is_some_and(|t| t.ttl_seconds == 77),
+            ),
+            (
+                "channel_token.header",
+                r#""channel_token":{"audience":"chan","header":"x-chan"}"#,
+                |c| c.upstream.channel_token.as_ref().is_some_and(|t| t.header == "x-chan"),
+            ),
+            ("introspection.cluster", INTROSPECTION_MIN, |c| {
+                c.introspection.as_ref().is_some_and(|i| i.cluster == "idp")
+            }),
+            ("introspection.path", INTROSPECTION_MIN, |c| {
+                c.introspection.as_ref().is_some_and(|i| i.path == "/introspect")
+            }),
+            ("introspection.authority", INTROSPECTION_MIN, |c| {
+                c.introspection
+                    .as_ref()
+                    .is_some_and(|i| i.authority == "idp.example.com")
+            }),
+            (
+                "introspection.timeout_ms",
+                r#""introspection":{"cluster":"idp","path":"/i","authority":"a","timeout_ms":1234}"#,
+                |c| c.introspection.as_ref().is_some_and(|i| i.timeout_ms == 1234),
+            ),
+            (
+                "introspection.client_id_env",
+                r#""introspection":{"cluster":"idp","path":"/i","authority":"a","client_id_env":"IDP_ID"}"#,
+                |c| c.introspection.as_ref().is_some_and(|i| i.client_id_env == "IDP_ID"),
+            ),
+            (
+                "introspection.client_secret_env",
+                r#""introspection":{"cluster":"idp","path":"/i","authority":"a","client_secret_env":"IDP_S"}"#,
+                |c| c.introspection.as_ref().is_some_and(|i| i.client_secret_env == "IDP_S"),
+            ),
+            (
+                "introspection.cache",
+                r#""introspection":{"cluster":"idp","path":"/i","authority":"a","cache":{"max_entries":7,"max_bytes":70000,"max_seconds":9}}"#,
+                |c| {
+                    c.introspection.as_ref().is_some_and(|i| {
+                        i.cache.max_entries == 7 && i.cache.max_bytes == 70000 && i.cache.max_seconds == 9
+                    })
+                },
+            ),
+            (
+                "introspection.introspect_verified_jwts",
+                r#""introspection":{"cluster":"idp","path":"/i","authority":"a","introspect_verified_jwts":true}"#,
+                |c| c.introspection.as_ref().is_some_and(|i| i.introspect_verified_jwts),
+            ),
+            (
+                "introspection.audiences",
+                r#""introspection":{"cluster":"idp","path":"/i","authority":"a","audiences":["rs"]}"#,
+                |c| c.introspection.as_ref().is_some_and(|i| i.audiences == ["rs"]),
+            ),
         ];
         let defaults = parse("{}").unwrap();
         for (field, json, check) in &cases {

@@ -11,6 +11,9 @@ use super::{b64, pkcs8_der, thumbprint, Jwk, KeyError, KeyType};
 /// ECDSA over P-256; signatures are hedged (RFC 6979 nonce mixed with fresh randomness) and constant time.
 pub struct Es256Signer {
     key: p256::ecdsa::SigningKey,
+    /// The native build's signer (AWS-LC, fixed-size `r || s`), loaded from the same key's PKCS#8 DER.
+    #[cfg(feature = "native")]
+    native: Option<native::NativeEs256>,
     jwk: Jwk,
 }
 
@@ -82,7 +85,22 @@ impl Es256Signer {
 
     fn from_key(key: p256::ecdsa::SigningKey) -> Es256Signer {
         let jwk = es256_jwk(key.verifying_key());
-        Es256Signer { key, jwk }
+        Es256Signer {
+            #[cfg(feature = "native")]
+            native: pkcs8_der(&key, KeyType::P256)
+                .ok()
+                .and_then(|der| native::NativeEs256::from_pkcs8_der(&der)),
+            key,
+            jwk,
+        }
+    }
+
+    /// Whether signatures go through AWS-LC (the native build).
+    pub fn signs_natively(&self) -> bool {
+        #[cfg(feature = "native")]
+        return self.native.is_some();
+        #[cfg(not(feature = "native"))]
+        false
     }
 
     /// The key as PKCS#8 DER (to share a generated key with other workers).
@@ -97,10 +115,47 @@ impl Es256Signer {
 
     /// JWS ES256 signature: the 64-byte `r || s` (RFC 7518 section 3.4), not DER.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        #[cfg(feature = "native")]
+        if let Some(native) = &self.native {
+            return native.sign(message);
+        }
         let signature: p256::ecdsa::Signature = self
             .key
             .try_sign_with_rng(&mut getrandom::SysRng, message)
             .map_err(|_| KeyError::Sign(KeyType::P256))?;
         Ok(signature.to_bytes().to_vec())
+    }
+}
+
+/// ES256 through AWS-LC (`aws-lc-rs`), for the native build: the key is parsed and validated above first.
+#[cfg(feature = "native")]
+mod native {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+    use super::{KeyError, KeyType};
+
+    pub struct NativeEs256 {
+        key: EcdsaKeyPair,
+        rng: SystemRandom,
+    }
+
+    impl NativeEs256 {
+        pub fn from_pkcs8_der(der: &[u8]) -> Option<NativeEs256> {
+            let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der).ok()?;
+            Some(NativeEs256 {
+                key,
+                rng: SystemRandom::new(),
+            })
+        }
+
+        /// The 64-byte `r || s` (AWS-LC's FIXED format), fresh randomness per signature.
+        pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+            let signature = self
+                .key
+                .sign(&self.rng, message)
+                .map_err(|_| KeyError::Sign(KeyType::P256))?;
+            Ok(signature.as_ref().to_vec())
+        }
     }
 }

@@ -11,6 +11,9 @@ use super::{b64, pkcs8_der, thumbprint, Jwk, KeyError, KeyType};
 /// Ed25519 (deterministic by design, RFC 8032).
 pub struct Ed25519Signer {
     key: ed25519_dalek::SigningKey,
+    /// The native build's signer (AWS-LC), loaded from the same key's PKCS#8 DER.
+    #[cfg(feature = "native")]
+    native: Option<native::NativeEd25519>,
     jwk: Jwk,
 }
 
@@ -77,7 +80,22 @@ impl Ed25519Signer {
 
     fn from_key(key: ed25519_dalek::SigningKey) -> Ed25519Signer {
         let jwk = ed25519_jwk(&key.verifying_key());
-        Ed25519Signer { key, jwk }
+        Ed25519Signer {
+            #[cfg(feature = "native")]
+            native: pkcs8_der(&key, KeyType::Ed25519)
+                .ok()
+                .and_then(|der| native::NativeEd25519::from_pkcs8_der(&der)),
+            key,
+            jwk,
+        }
+    }
+
+    /// Whether signatures go through AWS-LC (the native build).
+    pub fn signs_natively(&self) -> bool {
+        #[cfg(feature = "native")]
+        return self.native.is_some();
+        #[cfg(not(feature = "native"))]
+        false
     }
 
     /// The key as PKCS#8 DER (to share a generated key with other workers).
@@ -92,10 +110,37 @@ impl Ed25519Signer {
 
     /// The 64-byte Ed25519 signature.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        #[cfg(feature = "native")]
+        if let Some(native) = &self.native {
+            return Ok(native.sign(message));
+        }
         let signature = self
             .key
             .try_sign(message)
             .map_err(|_| KeyError::Sign(KeyType::Ed25519))?;
         Ok(signature.to_bytes().to_vec())
+    }
+}
+
+/// EdDSA through AWS-LC (`aws-lc-rs`), for the native build: the key is parsed and validated above first.
+#[cfg(feature = "native")]
+mod native {
+    use aws_lc_rs::signature::Ed25519KeyPair;
+
+    pub struct NativeEd25519 {
+        key: Ed25519KeyPair,
+    }
+
+    impl NativeEd25519 {
+        /// PKCS#8 v1 (as ed25519-dalek writes it) or v2.
+        pub fn from_pkcs8_der(der: &[u8]) -> Option<NativeEd25519> {
+            let key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).ok()?;
+            Some(NativeEd25519 { key })
+        }
+
+        /// The 64-byte signature (deterministic, RFC 8032).
+        pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+            self.key.sign(message).as_ref().to_vec()
+        }
     }
 }

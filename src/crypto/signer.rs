@@ -144,6 +144,15 @@ impl Signer {
         }
     }
 
+    /// Whether this key signs through AWS-LC (the native build, `--features native`).
+    pub fn signs_natively(&self) -> bool {
+        match self {
+            Signer::Rs256(k) => k.signs_natively(),
+            Signer::Es256(k) => k.signs_natively(),
+            Signer::EdDsa(k) => k.signs_natively(),
+        }
+    }
+
     /// The JWS signature over `message` (the signing input `header.payload`).
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         match self {
@@ -247,6 +256,44 @@ mod tests {
             &Signer::generate(Algorithm::Rs256).unwrap(),
             jsonwebtoken::Algorithm::RS256,
         );
+    }
+
+    /// With `--features native`, every algorithm signs through AWS-LC, and what it signs verifies with
+    /// jsonwebtoken (ES256 as the fixed 64-byte `r || s`); Ed25519 is deterministic, so AWS-LC's signature is the
+    /// pure-Rust one byte for byte.
+    #[cfg(feature = "native")]
+    #[test]
+    fn the_native_backend_signs_every_algorithm() {
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        use ed25519_dalek::Signer as _;
+        for (alg, jwt_alg) in [
+            (Algorithm::Rs256, jsonwebtoken::Algorithm::RS256),
+            (Algorithm::Es256, jsonwebtoken::Algorithm::ES256),
+            (Algorithm::EdDsa, jsonwebtoken::Algorithm::EdDSA),
+        ] {
+            let signer = Signer::generate(alg).unwrap();
+            assert!(signer.signs_natively(), "{alg}");
+            let again = Signer::from_pkcs8_der(alg, &signer.to_pkcs8_der().unwrap()).unwrap();
+            assert!(again.signs_natively(), "{alg}");
+            assert_eq!(signer.sign(b"m").unwrap().len(), signer.signature_len());
+            roundtrip(&signer, jwt_alg);
+        }
+        let signer = Signer::generate(Algorithm::EdDsa).unwrap();
+        let der = signer.to_pkcs8_der().unwrap();
+        let dalek = ed25519_dalek::SigningKey::from_pkcs8_der(&der).unwrap();
+        for message in [&b""[..], b"header.payload"] {
+            assert_eq!(signer.sign(message).unwrap(), dalek.sign(message).to_bytes().to_vec());
+        }
+        // ES256: fresh randomness, so two signatures differ, and both verify with the p256 crate.
+        use p256::ecdsa::signature::Verifier;
+        let signer = Signer::generate(Algorithm::Es256).unwrap();
+        let key = p256::ecdsa::SigningKey::from_pkcs8_der(&signer.to_pkcs8_der().unwrap()).unwrap();
+        let (a, b) = (signer.sign(b"m").unwrap(), signer.sign(b"m").unwrap());
+        assert_ne!(a, b);
+        for sig in [a, b] {
+            let sig = p256::ecdsa::Signature::from_slice(&sig).unwrap();
+            key.verifying_key().verify(b"m", &sig).unwrap();
+        }
     }
 
     #[test]

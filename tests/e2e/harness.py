@@ -4,6 +4,16 @@ Envoy's config is always built FROM the repository's envoy.yaml: only the admin 
 cluster's endpoint port, the wasm filename (made absolute) and the plugin configuration JSON are changed (plus
 whatever a test's `extra_edit` callable changes). The result is written to a per-test tmp dir.
 
+Two builds of the filter run the same suite, chosen by MCP_JWT_SIGNER_BUILD:
+- `wasm` (default): the proxy-wasm filter, $MCP_JWT_SIGNER_WASM or target/wasm32-wasip1/release/mcp_jwt_signer.wasm;
+- `native`: the Envoy dynamic module, $MCP_JWT_SIGNER_NATIVE or target/release/libmcp_jwt_signer.so (`make
+  build-native`). The config is built exactly as for wasm (tests and their `extra_edit`s see envoy.yaml's wasm
+  filter), then `to_native()` turns every wasm filter of this plugin into the dynamic-modules filter with the same
+  plugin JSON, puts Envoy's set_filter_state filter after each jwt_authn filter (copying jwt_authn's records as
+  JSON into filter state, which the module reads), and renames the stats config's `wasmcustom.` prefixes.
+A build that is missing makes the tests FAIL, never skip. Tests inherently about the wasm build are marked
+`wasm_only` (conftest.py) and deselected in the native run.
+
 Token verification uses PyJWT only, via the gateway's own discovery document and JWKS: never the project's code.
 """
 
@@ -35,7 +45,29 @@ from recording_upstream import RecordingUpstream
 REPO = Path(__file__).resolve().parents[2]
 ENVOY_YAML = REPO / "envoy.yaml"
 WASM = Path(os.environ.get("MCP_JWT_SIGNER_WASM", REPO / "target/wasm32-wasip1/release/mcp_jwt_signer.wasm"))
+NATIVE = Path(os.environ.get("MCP_JWT_SIGNER_NATIVE", REPO / "target/release/libmcp_jwt_signer.so"))
+BUILD = os.environ.get("MCP_JWT_SIGNER_BUILD", "wasm")
+if BUILD not in ("wasm", "native"):
+    raise AssertionError(f"MCP_JWT_SIGNER_BUILD must be wasm or native, not {BUILD!r}")
 WASM_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+DYNAMIC_MODULE_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+JWT_AUTHN_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
+SET_FILTER_STATE_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config"
+# The route guard's root id (wasm) and filter_name (native).
+NATIVE_ROUTE_GUARD_FILTER_NAME = "mcp_jwt_signer_route_guard"
+# The native build reads jwt_authn's records (payload_in_metadata, failed_status_in_metadata) from filter state
+# that Envoy's set_filter_state filter fills after jwt_authn: key NATIVE_JWT_AUTHN_STATE_PREFIX + <name>
+# (src/native/jwt.rs).
+NATIVE_JWT_AUTHN_STATE_PREFIX = "mcp_jwt_signer.jwt_authn."
+# Where Envoy puts the filter's own metrics: wasm `wasmcustom.<name>`, a dynamic module its `metrics_namespace`
+# (default `dynamicmodulescustom`) + `.<name>`. The filter's names are `mcp_jwt_signer.<metric>` in both.
+STATS_NAMESPACE = {"wasm": "wasmcustom", "native": "dynamicmodulescustom"}[BUILD]
+METRIC_PREFIX = f"{STATS_NAMESPACE}.mcp_jwt_signer."
+# The Envoy log component the filter logs under.
+LOG_COMPONENT = {"wasm": "wasm", "native": "dynamic_modules"}[BUILD]
+# What Envoy says when the filter refuses its configuration (after the filter's own log line naming the field).
+FILTER_CONFIG_REJECTED = {"wasm": "Unable to create Wasm plugin mcp_jwt_signer",
+                          "native": "Failed to create filter config: Failed to initialize dynamic module"}[BUILD]
 JWKS_SUFFIX = "/.well-known/jwks.json"
 DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
 STARTUP_TIMEOUT = 30.0
@@ -87,6 +119,25 @@ def rfc7638_thumbprint(jwk: dict) -> str:
     """RFC 7638 JWK thumbprint of an RSA key, computed independently of the filter."""
     canonical = json.dumps({"e": jwk["e"], "kty": "RSA", "n": jwk["n"]}, separators=(",", ":"), sort_keys=True)
     return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+
+def built_filter(build: str = None) -> Path:
+    """The artefact of the build under test (or of `build`); a missing one is a failure (never a skip)."""
+    build = build or BUILD
+    path = NATIVE if build == "native" else WASM
+    if not path.exists():
+        hint = "make build-native" if build == "native" else "make build"
+        raise AssertionError(f"filter not built: {path} is missing (run `{hint}` before the e2e tests)")
+    return path
+
+
+def filter_stats(admin_url: str) -> dict:
+    """The filter's own counters and gauges from Envoy's admin /stats, by name without the build's prefix
+    (`tokens_minted`, `refused.parse_error`, ...)."""
+    r = requests.get(admin_url + "/stats", params={"filter": f"^{re.escape(METRIC_PREFIX)}", "format": "json"},
+                     timeout=5)
+    r.raise_for_status()
+    return {s["name"].removeprefix(METRIC_PREFIX): s["value"] for s in r.json()["stats"] if "value" in s}
 
 
 def envoy_binary() -> str:
@@ -165,7 +216,10 @@ def upstream_cluster_name(cfg: dict) -> str:
     return names.pop()
 
 
-def build_envoy_config(plugin_config, *, admin_port: int, listener_port: int, upstream_port: int, extra_edit=None) -> dict:
+def build_envoy_config(plugin_config, *, admin_port: int, listener_port: int, upstream_port: int, extra_edit=None,
+                       after_build=None, build: str = None) -> dict:
+    """envoy.yaml with the ports and the plugin JSON set, then `extra_edit(cfg)`, then the build's transformation
+    (to_native), then `after_build(cfg)` (a test of one build that edits what that build needs)."""
     cfg = copy.deepcopy(load_envoy_yaml())
 
     cfg["admin"]["address"]["socket_address"]["port_value"] = admin_port
@@ -188,6 +242,157 @@ def build_envoy_config(plugin_config, *, admin_port: int, listener_port: int, up
 
     if extra_edit is not None:
         extra_edit(cfg)
+    if (build or BUILD) == "native":
+        to_native(cfg)
+    if after_build is not None:
+        after_build(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the native build: the same config as a dynamic module
+# --------------------------------------------------------------------------------------------------------------
+def native_filter(plugin_json: str, module: Path = None) -> dict:
+    """The dynamic-modules HTTP filter running the signer with `plugin_json` (the same JSON as the wasm filter's
+    `configuration`)."""
+    return {
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": DYNAMIC_MODULE_FILTER_TYPE,
+            "dynamic_module_config": {
+                "name": "mcp_jwt_signer",
+                "module": {"local": {"filename": str(module or NATIVE)}},
+                "do_not_close": True,
+            },
+            "filter_name": "mcp_jwt_signer",
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_json},
+        },
+    }
+
+
+def native_route_guard_filter(module: Path = None) -> dict:
+    """The module's route guard as an upstream filter of the router (src/request/guard.rs)."""
+    return {
+        "name": "envoy.filters.http.dynamic_modules",
+        "typed_config": {
+            "@type": DYNAMIC_MODULE_FILTER_TYPE,
+            "dynamic_module_config": {
+                "name": "mcp_jwt_signer",
+                "module": {"local": {"filename": str(module or NATIVE)}},
+                "do_not_close": True,
+            },
+            "filter_name": NATIVE_ROUTE_GUARD_FILTER_NAME,
+        },
+    }
+
+
+def native_jwt_authn_state_filter(names) -> dict:
+    """Envoy's set_filter_state filter copying jwt_authn's metadata records `names` (payload_in_metadata,
+    failed_status_in_metadata) as JSON into filter state, where the native module reads them: it must run after
+    jwt_authn (src/native/jwt.rs)."""
+    return {
+        "name": "envoy.filters.http.set_filter_state",
+        "typed_config": {
+            "@type": SET_FILTER_STATE_FILTER_TYPE,
+            "on_request_headers": [{
+                "object_key": NATIVE_JWT_AUTHN_STATE_PREFIX + name,
+                "factory_key": "envoy.string",
+                "format_string": {
+                    "text_format_source": {"inline_string": f"%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:{name})%"},
+                    "omit_empty_values": True,
+                },
+                "skip_if_empty": True,
+                "read_only": True,
+            } for name in names],
+        },
+    }
+
+
+def _http_connection_managers(cfg: dict):
+    for listener in cfg.get("static_resources", {}).get("listeners", []):
+        for chain in listener.get("filter_chains", []):
+            for flt in chain.get("filters", []):
+                tc = flt.get("typed_config", {})
+                if "http_filters" in tc:
+                    yield tc
+
+
+def _is_this_wasm(flt: dict) -> bool:
+    tc = flt.get("typed_config", {})
+    if tc.get("@type") != WASM_FILTER_TYPE:
+        return False
+    filename = tc.get("config", {}).get("vm_config", {}).get("code", {}).get("local", {}).get("filename", "")
+    return Path(filename).name == WASM.name
+
+
+def listener_for_build(listener: dict) -> dict:
+    """A listener (e.g. an LDS resource) made for the wasm filter, as the build under test needs it (a copy)."""
+    listener = copy.deepcopy(listener)
+    if BUILD == "native":
+        to_native({"static_resources": {"listeners": [listener]}})
+    return listener
+
+
+AUDIT_OPERATOR = re.compile(r"%FILTER_STATE\(wasm\.mcp_jwt_signer\.([a-z_]+):PLAIN\)%")
+
+
+def to_native(cfg: dict, module: Path = None) -> dict:
+    """Turns a config made for the wasm filter into one for the native module, in place:
+    - every wasm filter of this plugin becomes the dynamic-modules filter with the same plugin JSON, and the route
+      guard (the module as an upstream filter of the router, root id mcp_jwt_signer_route_guard) the module's
+      route guard (filter_name mcp_jwt_signer_route_guard);
+    - after each jwt_authn filter of a chain that has the signer goes Envoy's set_filter_state filter, copying each
+      provider's `payload_in_metadata` and `failed_status_in_metadata` record as JSON into filter state, where
+      `jwt:` sources and `jwt_failure_in_metadata` read them (src/native/jwt.rs);
+    - the stats config's `wasmcustom.mcp_jwt_signer` prefixes become the native namespace's;
+    - access logs' audit operators `%FILTER_STATE(wasm.mcp_jwt_signer.<f>:PLAIN)%` become
+      `%DYNAMIC_METADATA(mcp_jwt_signer:<f>)%` (docs/builds.md, "Audit fields")."""
+    for hcm in _http_connection_managers(cfg):
+        filters = hcm["http_filters"]
+        for flt in filters:  # the route guard, an upstream filter of the router
+            upstream = flt.get("typed_config", {}).get("upstream_http_filters", [])
+            for i, up in enumerate(upstream):
+                if _is_this_wasm(up):
+                    assert up["typed_config"]["config"].get("root_id") == NATIVE_ROUTE_GUARD_FILTER_NAME, up
+                    upstream[i] = native_route_guard_filter(module)
+        if not any(_is_this_wasm(f) for f in filters):
+            continue
+        for i, flt in enumerate(filters):
+            if _is_this_wasm(flt):
+                filters[i] = native_filter(flt["typed_config"]["config"]["configuration"]["value"], module)
+        jwt_at = [i for i, f in enumerate(filters) if f.get("typed_config", {}).get("@type") == JWT_AUTHN_FILTER_TYPE]
+        for i in reversed(jwt_at):
+            names = []
+            for provider in filters[i]["typed_config"].get("providers", {}).values():
+                for key in ("payload_in_metadata", "failed_status_in_metadata"):
+                    if provider.get(key) and provider[key] not in names:
+                        names.append(provider[key])
+            if names:
+                filters.insert(i + 1, native_jwt_authn_state_filter(names))
+    def rename(value):
+        if isinstance(value, dict):
+            return {k: rename(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rename(v) for v in value]
+        if isinstance(value, str):  # a prefix (`wasmcustom.mcp_jwt_signer...`) or a regex (`wasmcustom\\.mcp_...`)
+            return re.sub(r"wasmcustom(?=\\?\.mcp_jwt_signer)", STATS_NAMESPACE, value)
+        return value
+
+    if "stats_config" in cfg:
+        cfg["stats_config"] = rename(cfg["stats_config"])
+
+    def audit(value):  # access-log operators: the wasm build's filter state is the native build's dynamic metadata
+        if isinstance(value, dict):
+            return {k: audit(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [audit(v) for v in value]
+        if isinstance(value, str):
+            return AUDIT_OPERATOR.sub(r"%DYNAMIC_METADATA(mcp_jwt_signer:\1)%", value)
+        return value
+
+    for hcm in _http_connection_managers(cfg):
+        if "access_log" in hcm:
+            hcm["access_log"] = audit(hcm["access_log"])
     return cfg
 
 
@@ -244,9 +449,8 @@ class Envoy:
 
 
 def _spawn(workdir: Path, plugin_config, upstream_port: int, concurrency: int, env, extra_edit, tag: str,
-           listener_port=None, extra_args=(), scheme: str = "http") -> Envoy:
-    if not WASM.exists():
-        raise AssertionError(f"filter not built: {WASM} is missing (run `make build` before the e2e tests)")
+           listener_port=None, extra_args=(), scheme: str = "http", after_build=None, build: str = None) -> Envoy:
+    built_filter(build)
     workdir.mkdir(parents=True, exist_ok=True)
     admin_port = free_port()
     if listener_port is None:
@@ -254,7 +458,8 @@ def _spawn(workdir: Path, plugin_config, upstream_port: int, concurrency: int, e
     if callable(plugin_config):  # a config that needs the listener URL (e.g. an issuer with a path)
         plugin_config = plugin_config(f"http://127.0.0.1:{listener_port}")
     cfg = build_envoy_config(plugin_config, admin_port=admin_port, listener_port=listener_port,
-                             upstream_port=upstream_port, extra_edit=extra_edit)
+                             upstream_port=upstream_port, extra_edit=extra_edit, after_build=after_build,
+                             build=build)
     config_path = workdir / f"envoy-{tag}.yaml"
     config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     log_path = workdir / f"envoy-{tag}.log"
@@ -268,7 +473,7 @@ def _spawn(workdir: Path, plugin_config, upstream_port: int, concurrency: int, e
         "--concurrency", str(concurrency),
         "--log-level", "warn",
         # The test's own component levels replace the default (Envoy refuses the flag twice).
-        *(() if "--component-log-level" in extra_args else ("--component-log-level", "wasm:info")),
+        *(() if "--component-log-level" in extra_args else ("--component-log-level", "wasm:info,dynamic_modules:info")),
         # A unique base id per Envoy, so several can run at once; hot restart off, because Envoy leaves its
         # /dev/shm/envoy_shared_memory_<id> file behind even after a clean SIGTERM.
         "--use-dynamic-base-id", "--disable-hot-restart",
@@ -293,7 +498,7 @@ def _admin_ready(envoy: Envoy) -> bool:
 
 def start_envoy(workdir: Path, plugin_config, upstream_port: int, *, concurrency: int = 1, env=None,
                 extra_edit=None, ready_path=None, timeout: float = STARTUP_TIMEOUT, listener_port=None,
-                extra_args=(), scheme: str = "http", probe_kwargs=None) -> Envoy:
+                extra_args=(), scheme: str = "http", probe_kwargs=None, after_build=None, build: str = None) -> Envoy:
     """Start Envoy and wait until admin /ready is 200 AND the JWKS answers 200 through the listener.
 
     `plugin_config`: a dict (dumped to JSON), a raw JSON string, or a callable(listener_base_url) -> dict|str for
@@ -301,11 +506,14 @@ def start_envoy(workdir: Path, plugin_config, upstream_port: int, *, concurrency
     `listener_port`: a fixed listener port (e.g. to restart a gateway at the same address); default: a free one.
     `extra_args`: more Envoy command-line arguments (e.g. ["--file-flush-interval-msec", "50"]).
     `scheme` ("https" for a listener that an `extra_edit` gave a TLS transport socket) and `probe_kwargs` (extra
-    `requests.get` arguments, e.g. `cert=` and `verify=` for mutual TLS) shape the readiness probe."""
+    `requests.get` arguments, e.g. `cert=` and `verify=` for mutual TLS) shape the readiness probe.
+    `after_build`: edits the config after the build's transformation; `build`: "wasm" or "native" instead of
+    MCP_JWT_SIGNER_BUILD (the benchmark runs both in one process)."""
     last_error = None
     for attempt in range(3):  # a free port can be taken by someone else between probing and binding: retry
         envoy = _spawn(workdir, plugin_config, upstream_port, concurrency, env, extra_edit, tag=f"{attempt}",
-                       listener_port=listener_port, extra_args=extra_args, scheme=scheme)
+                       listener_port=listener_port, extra_args=extra_args, scheme=scheme, after_build=after_build,
+                       build=build)
         try:
             path = ready_path if ready_path is not None else issuer_path(envoy.plugin_config) + JWKS_SUFFIX
             _wait_ready(envoy, path, timeout, probe_kwargs)
@@ -364,12 +572,14 @@ class FailedStart:
 
 
 def start_envoy_expect_failure(workdir: Path, plugin_config, upstream_port: int, *, concurrency: int = 1, env=None,
-                               extra_edit=None, timeout: float = STARTUP_TIMEOUT, grace: float = 1.0) -> FailedStart:
+                               extra_edit=None, timeout: float = STARTUP_TIMEOUT, grace: float = 1.0,
+                               after_build=None, build: str = None) -> FailedStart:
     """Start Envoy with a bad config; return once it has exited, or once admin /ready is 200 (+ a short grace).
 
     Whether Envoy refuses at startup (exits) or starts and answers 5xx is for the caller to check.
     """
-    envoy = _spawn(workdir, plugin_config, upstream_port, concurrency, env, extra_edit, tag="bad")
+    envoy = _spawn(workdir, plugin_config, upstream_port, concurrency, env, extra_edit, tag="bad",
+                   after_build=after_build, build=build)
     deadline = time.monotonic() + timeout
     while True:
         if not envoy.alive():

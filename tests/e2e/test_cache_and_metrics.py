@@ -2,7 +2,8 @@
 
 The cache reuses a token for requests whose claims (all but iat/nbf/exp/jti) are identical while enough of its
 lifetime remains; `token_cache.max_entries: 0` switches it off. Metrics are read from Envoy's admin /stats, where
-Envoy prefixes the filter's own metrics with `wasmcustom.`.
+Envoy prefixes the filter's own metrics with `wasmcustom.` (wasm) or `dynamicmodulescustom.` (native):
+harness.filter_stats knows which.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import jwt
 import pytest
 import requests
 
-from harness import rpc, running_gateway, verify_with_discovery
+from harness import filter_stats, rpc, running_gateway, verify_with_discovery
 
 IDENTITY = {"subject": ["header:x-user-id"], "email": ["header:x-user-email"], "actor": ["header:x-team-id"]}
 
@@ -28,12 +29,7 @@ def call(g, tool="get_weather", headers=None):
 
 
 def stats(g) -> dict:
-    r = requests.get(g.admin_url + "/stats", params={"filter": "wasmcustom", "format": "json"}, timeout=5)
-    out = {}
-    for s in r.json()["stats"]:
-        if "name" in s:
-            out[s["name"].removeprefix("wasmcustom.mcp_jwt_signer.")] = s["value"]
-    return out
+    return filter_stats(g.admin_url)
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,9 @@ import yaml
 from harness import REPO, envoy_binary, load_envoy_yaml, upstream_cluster_name, wasm_filter_config
 from mcp_helpers import envoy_yaml_plugin_config
 
+# docker-compose.yml mounts the built .wasm into the official Envoy image: inherently the wasm build.
+pytestmark = pytest.mark.wasm_only
+
 COMPOSE_FILE = REPO / "docker-compose.yml"
 BUILT_WASM = REPO / "target" / "wasm32-wasip1" / "release" / "mcp_jwt_signer.wasm"
 NETNS_RUNNER = Path(__file__).resolve().parent / "compose_netns.py"

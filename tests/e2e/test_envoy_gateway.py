@@ -51,6 +51,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from harness import JWKS_SUFFIX, MCP_HEADERS, REPO, WASM, rpc, start_envoy
 from recording_upstream import RecordingUpstream
 
+# deploy/envoy-gateway ships the wasm build (EnvoyExtensionPolicy with the OCI image, the EnvoyPatchPolicy for
+# allow_on_headers_stop_iteration and its hang): inherently the wasm build.
+pytestmark = pytest.mark.wasm_only
+
 DEPLOY = REPO / "deploy" / "envoy-gateway"
 SCHEMAS = REPO / "deploy" / "schemas"
 OCI_SCRIPT = REPO / "scripts" / "oci-image.py"

@@ -48,15 +48,20 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from harness import (
+    FILTER_CONFIG_REJECTED,
+    LOG_COMPONENT,
     MCP_HEADERS,
+    METRIC_PREFIX,
     JWKS_SUFFIX,
     REPO,
-    WASM,
     WASM_FILTER_TYPE,
     Envoy,
     b64url_uint,
     build_envoy_config,
+    built_filter,
     envoy_binary,
+    filter_stats,
+    listener_for_build,
     free_port,
     load_envoy_yaml,
     rfc7638_thumbprint,
@@ -68,7 +73,7 @@ from harness import (
 from recording_upstream import RecordingUpstream
 
 IDENTITY = {"subject": ["header:x-user-id"]}
-PREFIX = "wasmcustom.mcp_jwt_signer."
+PREFIX = METRIC_PREFIX
 SLOW_ROUTE_TIMEOUT = "1s"
 SLOW_UPSTREAM_DELAY = 3.0  # longer than the route timeout
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -99,7 +104,7 @@ def admin_stats(envoy: Envoy, filter_re: str) -> dict:
 
 
 def filter_counters(envoy: Envoy) -> dict:
-    return {k.removeprefix(PREFIX): v for k, v in admin_stats(envoy, "^wasmcustom\\.").items()}
+    return filter_stats(envoy.admin_url)
 
 
 def delta(before: dict, after: dict, name: str) -> int:
@@ -164,7 +169,7 @@ def launch(workdir: Path, cfg: dict, *, tag: str, plugin_config, concurrency: in
     """Writes `cfg` and starts Envoy on it (own process group), logging at info with the wasm component at debug.
     `hot_restart`: the base-id and --restart-epoch arguments; without, hot restart is off and the base id is
     dynamic (as in the harness), so that several Envoys can run at once. Returns at once; see wait_serving."""
-    assert WASM.exists(), f"filter not built: {WASM} is missing (run `make build` before the e2e tests)"
+    built_filter()
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / f"envoy-{tag}.yaml"
     config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -172,7 +177,7 @@ def launch(workdir: Path, cfg: dict, *, tag: str, plugin_config, concurrency: in
     env = dict(os.environ)
     env.pop("MCP_JWT_SIGNING_KEY", None)
     cmd = [envoy_binary(), "-c", str(config_path), "--concurrency", str(concurrency),
-           "--log-level", "info", "--component-log-level", "wasm:debug", "--file-flush-interval-msec", "50",
+           "--log-level", "info", "--component-log-level", f"{LOG_COMPONENT}:debug", "--file-flush-interval-msec", "50",
            *(hot_restart if hot_restart is not None else ["--use-dynamic-base-id", "--disable-hot-restart"])]
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -373,6 +378,7 @@ class LdsFile:
             "path": str(self.path), "watched_directory": {"path": str(self.dir)}}}}
 
     def _write(self, listener: dict) -> None:
+        listener = listener_for_build(listener)  # the native build: the dynamic-modules filter, same plugin JSON
         self._n += 1
         tmp = self.dir / f".lds-{self._n}.tmp"
         tmp.write_text(yaml.safe_dump({"resources": [{"@type": LISTENER_TYPE, **listener}]}, sort_keys=False))
@@ -506,8 +512,7 @@ def test_invalid_lds_update_is_rejected_and_the_old_listener_keeps_signing(tmp_p
         assert delta(stats_before, stats_after, "update_success") == 0, (stats_before, stats_after)
         log = g.envoy.log()
         assert "invalid plugin configuration: field `ttl_seconds`" in log, g.envoy.log_tail()
-        assert "lds: listener 'mcp_ingress' config rejected: Unable to create Wasm plugin mcp_jwt_signer" in log, \
-            g.envoy.log_tail()
+        assert f"lds: listener 'mcp_ingress' config rejected: {FILTER_CONFIG_REJECTED}" in log, g.envoy.log_tail()
 
         # The previous listener kept signing throughout, with its own configuration and the same key.
         assert traffic.failures() == [], traffic.failures()[:5]
@@ -758,7 +763,10 @@ def test_the_crate_denies_panics_by_lint_and_make_lint_enforces_it():
     assert len(sources) > 20 and any(p.parent != REPO / "src" for p in sources), sources
     test_files = set()
     for path in sources:
-        for name in re.findall(r"^#\[cfg\(test\)\]\s*\n\s*(?:pub(?:\(crate\))? )?mod (\w+);", path.read_text(), re.M):
+        # Test-only modules: `#[cfg(test)] mod x;`, and the native module's test hooks, which only the
+        # `native-test-hooks` feature compiles (never a shipped build: `make build-native` keeps it apart).
+        test_only = r"^#\[cfg\((?:test|feature = \"native-test-hooks\")\)\]\s*\n\s*(?:pub(?:\(crate\))? )?mod (\w+);"
+        for name in re.findall(test_only, path.read_text(), re.M):
             folder = path.parent if path.name in ("mod.rs", "lib.rs") else path.with_suffix("")
             test_files.add(folder / f"{name}.rs")
     for path in sources:

@@ -15,6 +15,9 @@ import pytest
 from go_server import DIFF_CASES, GoServer, exact_reading
 from oauth_server import node_binary
 
+# No gateway here (the Go server alone): run once, in the wasm run.
+pytestmark = pytest.mark.no_filter
+
 
 @pytest.fixture(scope="module")
 def go(tmp_path_factory):

@@ -61,6 +61,9 @@ from cryptography.x509.oid import NameOID
 from harness import MCP_HEADERS, DISCOVERY_SUFFIX, JWKS_SUFFIX, REPO, WASM, rpc, start_envoy
 from recording_upstream import RecordingUpstream
 
+# Istio loads the filter as wasm (WasmPlugin, EnvoyFilter + ECDS, the OCI image): inherently the wasm build.
+pytestmark = pytest.mark.wasm_only
+
 DEPLOY = REPO / "deploy" / "istio"
 SCHEMAS = REPO / "deploy" / "schemas"
 ISTIO_MODELS = SCHEMAS / "node_modules" / "@kubernetes-models" / "istio"

@@ -37,6 +37,9 @@ from oauth_server import new_secret
 from plain_envoy import JWT_AUTHN_TYPE, http_listener_config, start_envoy_config, static_cluster
 from recording_upstream import RecordingUpstream
 
+# No filter is loaded here (the authorization server and Envoy's jwt_authn only): run once, in the wasm run.
+pytestmark = pytest.mark.no_filter
+
 CALL = "mcp:tools/call"
 WEATHER = "mcp:tools/get_weather:call"
 

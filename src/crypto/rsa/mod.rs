@@ -4,6 +4,8 @@
 pub mod crt;
 mod lanes;
 pub mod montgomery;
+#[cfg(feature = "native")]
+pub mod native;
 pub mod paired;
 
 use std::fmt;
@@ -31,6 +33,9 @@ pub struct RsaSigner {
     key: SigningKey<Sha256>,
     /// The faster constant-time signer, for 2048-bit keys (see `rsa_crt`).
     fast: Option<RsaCrt2048>,
+    /// The native build's signer (AWS-LC), when it accepts the key.
+    #[cfg(feature = "native")]
+    native: Option<native::NativeRsa>,
     jwk: Jwk,
 }
 
@@ -84,9 +89,16 @@ impl RsaSigner {
         }
         key.validate().map_err(|_| malformed("inconsistent"))?;
         let jwk = rsa_jwk(&key.n_bytes(), &key.e_bytes());
+        let key = SigningKey::new(key);
+        #[cfg(feature = "native")]
+        let native = pkcs8_der(&key, KeyType::Rsa)
+            .ok()
+            .and_then(|der| native::NativeRsa::from_pkcs8_der(&der));
         Ok(RsaSigner {
-            fast: RsaCrt2048::new(&key),
-            key: SigningKey::new(key),
+            fast: RsaCrt2048::new(key.as_ref()),
+            key,
+            #[cfg(feature = "native")]
+            native,
             jwk,
         })
     }
@@ -112,12 +124,34 @@ impl RsaSigner {
         &self.jwk.kid
     }
 
-    /// RSASSA-PKCS1-v1_5 with SHA-256 over `message`, blinded; 2048-bit keys take the faster path.
+    /// RSASSA-PKCS1-v1_5 with SHA-256 over `message`, blinded; 2048-bit keys take the faster path, and the
+    /// native build signs with AWS-LC (the same bytes: PKCS#1 v1.5 is deterministic).
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        #[cfg(feature = "native")]
+        if let Some(native) = &self.native {
+            return native.sign(message);
+        }
         if let Some(fast) = &self.fast {
             return fast.sign(message);
         }
         self.sign_with_rsa_crate(message)
+    }
+
+    /// Whether signatures go through AWS-LC (the native build, a key AWS-LC accepts).
+    pub fn signs_natively(&self) -> bool {
+        #[cfg(feature = "native")]
+        return self.native.is_some();
+        #[cfg(not(feature = "native"))]
+        false
+    }
+
+    /// The wasm build's own signer: the CRT signer for 2048-bit keys, the `rsa` crate's otherwise (also in the
+    /// native build, to cross-check AWS-LC).
+    pub fn sign_portable(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        match &self.fast {
+            Some(fast) => fast.sign(message),
+            None => self.sign_with_rsa_crate(message),
+        }
     }
 
     /// The `rsa` crate's blinded signer (every key size).
@@ -212,6 +246,26 @@ mod tests {
                 .unwrap_err(),
             KeyError::Encrypted
         );
+    }
+
+    /// The native build's AWS-LC signature is byte-for-byte the wasm build's CRT signature (and the `rsa`
+    /// crate's): RSASSA-PKCS1-v1_5 is deterministic, so any difference is a bug in one of them.
+    #[cfg(feature = "native")]
+    #[test]
+    fn native_rs256_is_byte_identical_to_the_wasm_builds_signer() {
+        for bits in [2048, 3072] {
+            let key = PrivateKey::new(&mut getrandom::SysRng, bits).unwrap();
+            let pem = key.to_pkcs8_pem(Default::default()).unwrap().to_string();
+            let signer = RsaSigner::from_pem(&pem).unwrap();
+            assert!(signer.signs_natively(), "AWS-LC refused a {bits}-bit key");
+            assert_eq!(signer.fast.is_some(), bits == 2048);
+            for message in [&b""[..], b"header.payload", &[0xa5u8; 5000][..]] {
+                let native = signer.sign(message).unwrap();
+                assert_eq!(native.len(), bits / 8);
+                assert_eq!(native, signer.sign_portable(message).unwrap(), "{bits} bits");
+                assert_eq!(native, signer.sign_with_rsa_crate(message).unwrap(), "{bits} bits");
+            }
+        }
     }
 
     #[test]
