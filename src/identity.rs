@@ -140,7 +140,7 @@ impl Resolver<'_> {
         let Some(value) = self.value(source)? else {
             return Ok(None);
         };
-        let text = as_identity_text(&value).ok_or_else(|| err("is not a string"))?;
+        let text = as_identity_text(&value).ok_or_else(|| err("is not a string or an integer"))?;
         if text.is_empty() {
             return Ok(None);
         }
@@ -255,7 +255,7 @@ mod tests {
         let host = FakeHost::default().jwt_claim("groups", json!(["a"]));
         assert_eq!(
             resolve(&s, &Headers::default(), &host).unwrap_err().reason,
-            "is not a string"
+            "is not a string or an integer"
         );
         let mut host = FakeHost::default();
         host.unavailable

@@ -320,3 +320,16 @@ pub trait HttpFilter {
     /// A callout returned: `None` when it failed (no cluster, reset, timeout).
     fn on_callout_response(&mut self, host: &dyn Host, response: Option<CalloutResponse>) -> Step;
 }
+
+/// An audit field's value as the text both builds write for the access log: a string as itself, a list of strings
+/// joined with commas, anything else as JSON (`1767225600`, `true`).
+pub fn audit_text(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.iter().all(Value::is_string) => {
+            items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
+        }
+        other => other.to_string(),
+    }
+}

@@ -330,25 +330,6 @@ extern "C" {
         key: Buffer,
         value: Buffer,
     );
-    pub fn envoy_dynamic_module_callback_http_set_dynamic_metadata_number(
-        f: FilterEnvoyPtr,
-        ns: Buffer,
-        key: Buffer,
-        value: f64,
-    );
-    pub fn envoy_dynamic_module_callback_http_set_dynamic_metadata_bool(
-        f: FilterEnvoyPtr,
-        ns: Buffer,
-        key: Buffer,
-        value: bool,
-    );
-    pub fn envoy_dynamic_module_callback_http_add_dynamic_metadata_list_string(
-        f: FilterEnvoyPtr,
-        ns: Buffer,
-        key: Buffer,
-        value: Buffer,
-    ) -> bool;
-
     // -- filter state (string accessors) --
     pub fn envoy_dynamic_module_callback_http_get_filter_state_bytes(
         f: FilterEnvoyPtr,

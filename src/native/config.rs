@@ -161,6 +161,15 @@ fn static_name(metric: &Metric) -> &'static str {
     }
 }
 
+/// Environment variables by name; their values are secrets, so `Debug` shows only the names.
+pub struct EnvSnapshot(std::collections::BTreeMap<String, Option<String>>);
+
+impl std::fmt::Debug for EnvSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
 /// The signer's filter config.
 #[derive(Debug)]
 pub struct SignerConfig {
@@ -168,8 +177,9 @@ pub struct SignerConfig {
     pub id: u64,
     /// The plugin configuration JSON (`filter_config`).
     pub json: Vec<u8>,
-    /// `MCP_JWT_SIGNING_KEY` as the process environment held it when the config was created.
-    pub env_key: Option<String>,
+    /// The environment variables the configuration read (the signing key's, the introspection credentials'), as
+    /// the process environment held them when the config was created: every worker's plugin loads with these.
+    pub env: EnvSnapshot,
     /// The metric ids.
     pub metrics: Metrics,
 }
@@ -196,8 +206,15 @@ fn live() -> std::sync::MutexGuard<'static, HashSet<u64>> {
 impl SignerConfig {
     /// Validates the plugin JSON by loading it once (which also publishes a generated key for every worker),
     /// then defines the metrics. `Err`: the message to log; Envoy refuses the config.
-    pub fn create(c: ConfigEnvoyPtr, json: &[u8], env_key: Option<String>) -> Result<(SignerConfig, Loaded), String> {
-        let loaded = Plugin::load(json, env_key.as_deref(), &ProcessHost)?;
+    pub fn create(c: ConfigEnvoyPtr, json: &[u8]) -> Result<(SignerConfig, Loaded), String> {
+        let read = RefCell::new(std::collections::BTreeMap::new());
+        let env = |name: &str| {
+            let value = std::env::var(name).ok();
+            read.borrow_mut().insert(name.to_string(), value.clone());
+            value
+        };
+        let loaded = Plugin::load_with_env(json, &env, &ProcessHost)?;
+        let env = EnvSnapshot(read.into_inner());
         let unsupported = super::attributes::unsupported_sources(&loaded.plugin.config);
         if let Some((field, source)) = unsupported.first() {
             return Err(format!(
@@ -212,7 +229,7 @@ impl SignerConfig {
         let config = SignerConfig {
             id,
             json: json.to_vec(),
-            env_key,
+            env,
             metrics,
         };
         Ok((config, loaded))
@@ -227,7 +244,8 @@ impl SignerConfig {
             if let Some(plugin) = plugins.borrow().get(&self.id) {
                 return Ok(plugin.clone());
             }
-            let loaded = Plugin::load(&self.json, self.env_key.as_deref(), &ProcessHost)?;
+            let env = |name: &str| self.env.0.get(name).cloned().flatten();
+            let loaded = Plugin::load_with_env(&self.json, &env, &ProcessHost)?;
             let plugin = Rc::new(loaded.plugin);
             let mut plugins = plugins.borrow_mut();
             // Drop the plugins of configs Envoy has destroyed since (their streams hold their own `Rc`).

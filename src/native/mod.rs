@@ -46,8 +46,6 @@ mod test_hooks;
 use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::config::SIGNING_KEY_ENV;
-
 use abi::{Buffer, ConfigEnvoyPtr, ConfigModulePtr, FilterEnvoyPtr, FilterModulePtr, HttpHeader};
 use config::{FilterConfig, SignerConfig};
 use stream::{callout_response, Hook, Outcome, Stream};
@@ -151,8 +149,7 @@ fn new_config(c: ConfigEnvoyPtr, name: &[u8], json: &[u8]) -> Result<FilterConfi
     test_hooks::config_new();
     match name {
         b"mcp_jwt_signer" => {
-            let env_key = std::env::var(SIGNING_KEY_ENV).ok();
-            let (config, loaded) = SignerConfig::create(c, json, env_key)?;
+            let (config, loaded) = SignerConfig::create(c, json)?;
             for (level, line) in &loaded.logs {
                 let level = match level {
                     crate::host::LogLevel::Debug => abi::LOG_DEBUG,

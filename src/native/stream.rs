@@ -78,39 +78,12 @@ fn emit(metrics: &Metrics, f: FilterEnvoyPtr, effects: &Effects) {
 
 /// One audit field as dynamic metadata: `%DYNAMIC_METADATA(mcp_jwt_signer:<key>)%` in an access log.
 pub(crate) fn set_audit(f: FilterEnvoyPtr, key: &str, value: &Value) {
+    // The same text as the wasm build's filter state, so an access log reads alike with either build.
+    let text = crate::host::audit_text(value);
     let (ns, k) = (Buffer::of(AUDIT_NAMESPACE.as_bytes()), Buffer::of(key.as_bytes()));
-    // SAFETY: the stream is live; buffers are read during each call.
+    // SAFETY: the stream is live; buffers are read during the call.
     unsafe {
-        match value {
-            Value::String(s) => {
-                abi::envoy_dynamic_module_callback_http_set_dynamic_metadata_string(f, ns, k, Buffer::of(s.as_bytes()))
-            }
-            Value::Number(n) => {
-                if let Some(n) = n.as_f64() {
-                    abi::envoy_dynamic_module_callback_http_set_dynamic_metadata_number(f, ns, k, n)
-                }
-            }
-            Value::Bool(b) => abi::envoy_dynamic_module_callback_http_set_dynamic_metadata_bool(f, ns, k, *b),
-            Value::Array(items) if items.iter().all(Value::is_string) => {
-                for item in items.iter().filter_map(Value::as_str) {
-                    abi::envoy_dynamic_module_callback_http_add_dynamic_metadata_list_string(
-                        f,
-                        ns,
-                        k,
-                        Buffer::of(item.as_bytes()),
-                    );
-                }
-            }
-            other => {
-                let text = other.to_string();
-                abi::envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
-                    f,
-                    ns,
-                    k,
-                    Buffer::of(text.as_bytes()),
-                )
-            }
-        }
+        abi::envoy_dynamic_module_callback_http_set_dynamic_metadata_string(f, ns, k, Buffer::of(text.as_bytes()))
     }
 }
 

@@ -146,22 +146,12 @@ fn emit(metrics: &Metrics, effects: &Effects) {
         // Filter state `wasm.mcp_jwt_signer.<key>` (Envoy prefixes `wasm.`), plain text; access logs read it as
         // %FILTER_STATE(wasm.mcp_jwt_signer.<key>:PLAIN)%.
         let path = format!("{AUDIT_NAMESPACE}.{key}");
-        let _ = hostcalls::set_property(vec![path.as_str()], Some(audit_text(value).as_bytes()));
+        let _ = hostcalls::set_property(vec![path.as_str()], Some(crate::host::audit_text(value).as_bytes()));
     }
 }
 
 /// An audit value as filter-state text: strings as they are, numbers and booleans in JSON, lists of strings joined
 /// with `,` (names never hold one), anything else as JSON.
-fn audit_text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Array(items) if items.iter().all(Value::is_string) => {
-            items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
-        }
-        other => other.to_string(),
-    }
-}
-
 struct PluginRoot {
     role: Role,
     metrics: Rc<Metrics>,

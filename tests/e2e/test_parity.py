@@ -53,8 +53,8 @@ WEATHER = "mcp:tools/get_weather:call"
 OPAQUE_RES = "https://gateway.example.com/mcp-opaque"   # opaque access tokens for the gateway
 JWT_RES = "https://gateway.example.com/mcp"             # JWT access tokens for the gateway
 UPSTREAM_RES = "https://upstream-oauth.example.com/mcp"  # tokens an upstream's own AS issues for that upstream
-INTROSPECTIONS = "wasmcustom.mcp_jwt_signer.introspections"
-INTROSPECTION_HITS = "wasmcustom.mcp_jwt_signer.introspection_cache_hits"
+INTROSPECTIONS = harness.METRIC_PREFIX + "introspections"
+INTROSPECTION_HITS = harness.METRIC_PREFIX + "introspection_cache_hits"
 ENV_ID, ENV_SECRET = "MCP_JWT_INTROSPECTION_CLIENT_ID", "MCP_JWT_INTROSPECTION_CLIENT_SECRET"
 
 
