@@ -1375,6 +1375,8 @@ def test_wasmplugin_translation_hangs_and_the_flag_fixes_it(oci_layout, tmp_path
                             if hf.get("typed_config", {}).get("@type") == WASM_TYPE:
                                 hf["name"] = generated["config"]["name"]
                                 hf["typed_config"] = typed_config
+                            if hf["name"] == ROUTER_NAME:  # istiod's router: no upstream filters, no route guard
+                                hf["typed_config"].pop("upstream_http_filters", None)
         return edit
 
     with RecordingUpstream() as upstream:
@@ -1423,6 +1425,8 @@ def test_header_mode_wasmplugin_works_as_istiod_translates_it(oci_layout, tmp_pa
                         if hf.get("typed_config", {}).get("@type") == WASM_TYPE:
                             hf["name"] = generated["config"]["name"]
                             hf["typed_config"] = generated
+                        if hf["name"] == ROUTER_NAME:  # istiod's router: no upstream filters, no route guard
+                            hf["typed_config"].pop("upstream_http_filters", None)
 
     with RecordingUpstream() as upstream:
         envoy = start_envoy(tmp_path / "wasmplugin-hm", json.dumps(plugin), upstream.port,
@@ -1435,6 +1439,9 @@ def test_header_mode_wasmplugin_works_as_istiod_translates_it(oci_layout, tmp_pa
             claims = verify_gateway_token(seen.bearer_token(), gateway_jwks(envoy.url),
                                           {"issuer": plugin["issuer"], "audience": plugin["audience"]})
             assert claims["scope"] == "mcp:tools/list"
+            # A WasmPlugin adds no upstream filter, so no route guard runs (deploy/istio/README.md): nothing
+            # removes the signer's route header, and nothing would refuse a route changed by the filter's edits.
+            assert len(seen.header_values(ROUTE_HEADER)) == 1
             r = requests.post(envoy.url + "/mcp", data=body, headers=MCP_HEADERS, timeout=10)
             assert r.status_code == 400 and r.json()["error"]["code"] == -32020, r.text
         finally:
