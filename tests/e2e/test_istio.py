@@ -17,12 +17,15 @@ What is checked here, and against what:
     envoy.yaml topology the way istiod + istio-agent would deliver them (ECDS, code rewritten from oci:// to the
     module pulled out of the OCI image), and a signed request goes through: egress with a mutual-TLS caller
     certificate carrying a SPIFFE ID, ingress behind a jwt_authn filter shaped like the one Istio generates from
-    security.yaml;
+    security.yaml; the route guard's patches too (its ECDS resource, and the MERGE into the router's
+    upstream_http_filters applied with protobuf merge rules as istiod does), shown live: a request whose route
+    changes after the signer's header edits is refused (route_changed), and without the MERGE patch it is not;
   * the WasmPlugin variant, translated the way istiod translates it, hangs in a real Envoy; the same config plus
     `allow_on_headers_stop_iteration: true` works.
 
 Not verifiable here (no cluster): istiod actually accepting and merging these resources, gateway injection, pulling
-from a registry, ECDS over ADS, the Secret reaching the proxy's environment, real mesh certificates.
+from a registry, ECDS over ADS (for the guard's upstream filter as for the signer), the Secret reaching the proxy's
+environment, real mesh certificates.
 
 Tests that need identity sources beyond `header:` in the filter:
   mtls:uri_san   test_egress_envoyfilter_signs_for_the_calling_workload
