@@ -17,12 +17,15 @@ What is checked here, and against what:
     envoy.yaml topology the way istiod + istio-agent would deliver them (ECDS, code rewritten from oci:// to the
     module pulled out of the OCI image), and a signed request goes through: egress with a mutual-TLS caller
     certificate carrying a SPIFFE ID, ingress behind a jwt_authn filter shaped like the one Istio generates from
-    security.yaml;
+    security.yaml; the route guard's patches too (its ECDS resource, and the MERGE into the router's
+    upstream_http_filters applied with protobuf merge rules as istiod does), shown live: a request whose route
+    changes after the signer's header edits is refused (route_changed), and without the MERGE patch it is not;
   * the WasmPlugin variant, translated the way istiod translates it, hangs in a real Envoy; the same config plus
     `allow_on_headers_stop_iteration: true` works.
 
 Not verifiable here (no cluster): istiod actually accepting and merging these resources, gateway injection, pulling
-from a registry, ECDS over ADS, the Secret reaching the proxy's environment, real mesh certificates.
+from a registry, ECDS over ADS (for the guard's upstream filter as for the signer), the Secret reaching the proxy's
+environment, real mesh certificates.
 
 Tests that need identity sources beyond `header:` in the filter:
   mtls:uri_san   test_egress_envoyfilter_signs_for_the_calling_workload
@@ -58,7 +61,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from harness import MCP_HEADERS, DISCOVERY_SUFFIX, JWKS_SUFFIX, REPO, WASM, rpc, start_envoy
+from harness import MCP_HEADERS, DISCOVERY_SUFFIX, JWKS_SUFFIX, REPO, WASM, filter_stats, load_envoy_yaml, \
+    nothing_forwarded, route_guard_configs, rpc, start_envoy
 from recording_upstream import RecordingUpstream
 
 # Istio loads the filter as wasm (WasmPlugin, EnvoyFilter + ECDS, the OCI image): inherently the wasm build.
@@ -74,6 +78,14 @@ TYPED_EXTENSION_CONFIG = "type.googleapis.com/envoy.config.core.v3.TypedExtensio
 STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 ROUTER_NAME = "envoy.filters.http.router"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+UPSTREAM_CODEC_NAME = "envoy.filters.http.upstream_codec"
+UPSTREAM_CODEC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+SIGNER_ROOT_ID = "mcp_jwt_signer"
+GUARD_ROOT_ID = "mcp_jwt_signer_route_guard"
+# The header in which the signer tells the route guard which route it scoped the token for (src/request/route.rs);
+# the guard removes it, so it never reaches an MCP server behind a gateway that runs the guard.
+ROUTE_HEADER = "x-mcp-jwt-signer-route"
 KEY_ENV = "MCP_JWT_SIGNING_KEY"
 KEY_SECRET = "mcp-jwt-signer-key"
 # Envoy's per-connection buffer limit when nothing sets it (Istio does not, unless the EDGE connection profile is
@@ -154,15 +166,21 @@ def cargo_version() -> str:
     return re.search(r'^version\s*=\s*"([^"]+)"', package, re.MULTILINE).group(1)
 
 
-def patch_of(envoy_filter: Resource, apply_to: str) -> dict:
-    patches = [p for p in envoy_filter.doc["spec"]["configPatches"] if p["applyTo"] == apply_to]
-    assert len(patches) == 1, f"{envoy_filter.where}: expected one {apply_to} patch, found {len(patches)}"
+def patch_of(envoy_filter: Resource, apply_to: str, operation: str = None, root_id: str = None) -> dict:
+    """The one patch of `envoy_filter` that applies to `apply_to` (and has that `operation`, and for an
+    EXTENSION_CONFIG, whose Wasm config has that `root_id`)."""
+    patches = [p for p in envoy_filter.doc["spec"]["configPatches"] if p["applyTo"] == apply_to
+               and (operation is None or p["patch"]["operation"] == operation)
+               and (root_id is None or p["patch"]["value"]["typed_config"]["config"].get("root_id") == root_id)]
+    what = " ".join(x for x in (apply_to, operation, root_id) if x)
+    assert len(patches) == 1, f"{envoy_filter.where}: expected one {what} patch, found {len(patches)}"
     return patches[0]
 
 
-def wasm_config(envoy_filter: Resource) -> dict:
-    """The envoy.extensions.wasm.v3.PluginConfig inside the EnvoyFilter's EXTENSION_CONFIG patch."""
-    return patch_of(envoy_filter, "EXTENSION_CONFIG")["patch"]["value"]["typed_config"]["config"]
+def wasm_config(envoy_filter: Resource, root_id: str = SIGNER_ROOT_ID) -> dict:
+    """The envoy.extensions.wasm.v3.PluginConfig inside the EnvoyFilter's EXTENSION_CONFIG patch for the signer
+    (or, with GUARD_ROOT_ID, for the route guard)."""
+    return patch_of(envoy_filter, "EXTENSION_CONFIG", root_id=root_id)["patch"]["value"]["typed_config"]["config"]
 
 
 def plugin_json(envoy_filter: Resource) -> dict:
@@ -537,7 +555,7 @@ def test_envoyfilter_adds_the_signer_over_ecds_with_the_flag(name):
     assert dep.doc["spec"]["template"]["metadata"]["annotations"]["inject.istio.io/templates"] == "gateway"
     assert dep.doc["spec"]["replicas"] >= 2
 
-    ext = patch_of(ef, "EXTENSION_CONFIG")
+    ext = patch_of(ef, "EXTENSION_CONFIG", root_id=SIGNER_ROOT_ID)
     assert ext["patch"]["operation"] == "ADD"
     value = ext["patch"]["value"]
     assert value["typed_config"]["@type"] == WASM_TYPE
@@ -553,7 +571,7 @@ def test_envoyfilter_adds_the_signer_over_ecds_with_the_flag(name):
         assert m.group(1) == cargo_version(), "the image tag must be the one `make oci` builds (Cargo version)"
     assert remote["http_uri"]["cluster"] and remote["http_uri"]["timeout"]
 
-    flt = patch_of(ef, "HTTP_FILTER")
+    flt = patch_of(ef, "HTTP_FILTER", "INSERT_BEFORE")
     assert flt["match"]["context"] == "GATEWAY"
     assert flt["match"]["listener"]["filterChain"]["filter"]["name"] == HCM_NAME
     assert flt["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == ROUTER_NAME
@@ -567,6 +585,45 @@ def test_envoyfilter_adds_the_signer_over_ecds_with_the_flag(name):
     plugin = plugin_json(ef)
     assert plugin["issuer"] == "https://mcp.example.com", "one issuer (and key) for both gateways"
     assert 0 < plugin["max_body_bytes"] < ENVOY_DEFAULT_BUFFER_LIMIT
+
+
+@pytest.mark.parametrize("name", ["mcp-jwt-signer-ingress", "mcp-jwt-signer-egress"])
+def test_envoyfilter_adds_the_route_guard_to_the_router(name):
+    """The route guard (docs/security.md, "The token goes only to the route it was scoped for"): the same module,
+    root id mcp_jwt_signer_route_guard, over ECDS like the signer, MERGEd into the router's upstream_http_filters
+    ahead of upstream_codec, on exactly the connection managers that get the signer. Shaped like envoy.yaml's."""
+    ef = find("EnvoyFilter", name)
+    signer = wasm_config(ef)
+    guard_ext = patch_of(ef, "EXTENSION_CONFIG", root_id=GUARD_ROOT_ID)
+    assert guard_ext["patch"]["operation"] == "ADD"
+    guard_value = guard_ext["patch"]["value"]
+    assert guard_value["name"].startswith(NAMESPACE + "/")
+    assert guard_value["name"] != patch_of(ef, "EXTENSION_CONFIG", root_id=SIGNER_ROOT_ID)["patch"]["value"]["name"]
+    assert guard_value["typed_config"]["@type"] == WASM_TYPE
+    guard = guard_value["typed_config"]["config"]
+    assert guard["root_id"] == GUARD_ROOT_ID and guard["fail_open"] is False
+    assert "configuration" not in guard, "the guard takes no plugin configuration"
+    # One VM for both: same vm_id, runtime, code (the same image) and environment as the signer.
+    assert guard["vm_config"] == signer["vm_config"]
+    assert guard["vm_config"]["vm_id"] == "mcp_jwt_signer"
+
+    # envoy.yaml's guard: the same PluginConfig but for the code source (local file there, oci:// image here).
+    (reference,) = route_guard_configs(load_envoy_yaml())
+    strip_code = lambda c: {**c, "vm_config": {k: v for k, v in c["vm_config"].items() if k != "code"}}  # noqa: E731
+    assert strip_code(guard) == strip_code(reference)
+
+    merge = patch_of(ef, "HTTP_FILTER", "MERGE")
+    insert = patch_of(ef, "HTTP_FILTER", "INSERT_BEFORE")
+    assert merge["match"] == insert["match"], "the guard goes wherever the signer goes, and only there"
+    assert merge["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == ROUTER_NAME
+    value = merge["patch"]["value"]
+    assert value.get("name", ROUTER_NAME) == ROUTER_NAME, "a MERGE with another name would rename the router"
+    assert value["typed_config"]["@type"] == ROUTER_TYPE
+    assert set(value["typed_config"]) == {"@type", "upstream_http_filters"}
+    first, last = value["typed_config"]["upstream_http_filters"]
+    assert first["name"] == guard_value["name"], "the upstream filter references the guard's ECDS resource"
+    assert first["config_discovery"] == insert["patch"]["value"]["config_discovery"], "warms and fails like the signer"
+    assert last == {"name": UPSTREAM_CODEC_NAME, "typed_config": {"@type": UPSTREAM_CODEC_TYPE}}
 
 
 def test_egress_routing_sends_mcp_traffic_through_the_egress_gateway():
@@ -862,40 +919,110 @@ def module_from_image(oci_layout, uri: str, dest_dir: Path) -> Path:
     return path
 
 
-def istio_delivery(envoy_filter: Resource, module: Path, workdir: Path):
-    """What istiod + istio-agent hand the gateway's Envoy for this EnvoyFilter: the EXTENSION_CONFIG value as an
-    ECDS resource with its oci:// code rewritten to the pulled module, and the HTTP_FILTER value. Only the config
-    source differs: a file instead of the ADS stream (Envoy reads both as xDS)."""
-    ext = copy.deepcopy(patch_of(envoy_filter, "EXTENSION_CONFIG")["patch"]["value"])
-    vm = ext["typed_config"]["config"]["vm_config"]
-    assert set(vm["code"]) == {"remote"}
-    vm["code"] = {"local": {"filename": str(module)}}  # istio-agent's rewrite
-    ecds = workdir / "ecds.yaml"
+class Delivery:
+    """What istiod + istio-agent hand the gateway's Envoy for one EnvoyFilter (see istio_delivery)."""
+
+    def __init__(self, insert_patch: dict, signer: dict, merge_patch, router_value):
+        self.insert_patch, self.signer = insert_patch, signer  # HTTP_FILTER INSERT_BEFORE and its filter
+        self.merge_patch, self.router_value = merge_patch, router_value  # HTTP_FILTER MERGE and its value (or None)
+
+
+def istio_delivery(envoy_filter: Resource, module: Path, workdir: Path, *, with_guard: bool = True) -> Delivery:
+    """What istiod + istio-agent hand the gateway's Envoy for this EnvoyFilter: each EXTENSION_CONFIG value as an
+    ECDS resource with its oci:// code rewritten to the pulled module, the HTTP_FILTER INSERT_BEFORE value (the
+    signer) and the HTTP_FILTER MERGE value (the router's upstream filters: the route guard). Only the config
+    source differs: a file per ECDS resource instead of the ADS stream (Envoy reads both as xDS).
+    `with_guard=False` leaves the MERGE patch out (a gateway without the route guard, for negative controls)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    ecds.write_text(yaml.safe_dump({"version_info": "1", "resources": [{"@type": TYPED_EXTENSION_CONFIG, **ext}]}))
+    ecds_files = {}
+    for i, p in enumerate(x for x in envoy_filter.doc["spec"]["configPatches"] if x["applyTo"] == "EXTENSION_CONFIG"):
+        assert p["patch"]["operation"] == "ADD"
+        ext = copy.deepcopy(p["patch"]["value"])
+        vm = ext["typed_config"]["config"]["vm_config"]
+        assert set(vm["code"]) == {"remote"}
+        vm["code"] = {"local": {"filename": str(module)}}  # istio-agent's rewrite
+        ecds = workdir / f"ecds-{i}.yaml"
+        ecds.write_text(yaml.safe_dump({"version_info": "1",
+                                        "resources": [{"@type": TYPED_EXTENSION_CONFIG, **ext}]}))
+        assert ext["name"] not in ecds_files, f"{envoy_filter.where}: two ECDS resources named {ext['name']}"
+        ecds_files[ext["name"]] = ecds
 
-    http_patch = patch_of(envoy_filter, "HTTP_FILTER")
-    flt = copy.deepcopy(http_patch["patch"]["value"])
-    source = flt["config_discovery"]["config_source"]
-    assert source.pop("ads") == {}
-    source["path_config_source"] = {"path": str(ecds)}
-    return http_patch, flt
+    def from_file(flt: dict) -> dict:
+        flt = copy.deepcopy(flt)
+        source = flt["config_discovery"]["config_source"]
+        assert source.pop("ads") == {}
+        assert flt["name"] in ecds_files, f"{flt['name']}: no EXTENSION_CONFIG patch of that name"
+        source["path_config_source"] = {"path": str(ecds_files[flt["name"]])}
+        return flt
+
+    insert_patch = patch_of(envoy_filter, "HTTP_FILTER", "INSERT_BEFORE")
+    signer = from_file(insert_patch["patch"]["value"])
+    merge_patch = router_value = None
+    if with_guard:
+        merge_patch = patch_of(envoy_filter, "HTTP_FILTER", "MERGE")
+        router_value = copy.deepcopy(merge_patch["patch"]["value"])
+        upstream = router_value["typed_config"]["upstream_http_filters"]
+        router_value["typed_config"]["upstream_http_filters"] = [
+            from_file(f) if "config_discovery" in f else f for f in upstream]
+    return Delivery(insert_patch, signer, merge_patch, router_value)
 
 
-def apply_http_filter_patch(cfg: dict, http_patch: dict, flt: dict, *, before=()):
-    """Apply an EnvoyFilter HTTP_FILTER patch to the (single) HCM of an Envoy config, the way istiod does, after
-    removing envoy.yaml's own wasm filter (the gateway starts without the signer) and inserting `before` (filters
-    Istio itself would have there, e.g. jwt_authn) at the front."""
+def proto_merge(dst: dict, src: dict) -> dict:
+    """Protobuf merge semantics on the JSON form (what istiod's MergeAnyWithAny does to two typed configs of one
+    type): message fields merge recursively, repeated fields are appended, scalars are replaced."""
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            proto_merge(dst[k], v)
+        elif isinstance(v, list) and isinstance(dst.get(k), list):
+            dst[k] = dst[k] + copy.deepcopy(v)
+        else:
+            dst[k] = copy.deepcopy(v)
+    return dst
+
+
+def filter_match(patch: dict, hcm_filter: dict, http_filter: dict) -> bool:
+    """An HTTP_FILTER patch's match (context GATEWAY, the connection manager, the sub-filter by name)."""
+    m = patch["match"]
+    assert m["context"] == "GATEWAY"
+    f = m["listener"]["filterChain"]["filter"]
+    return hcm_filter["name"] == f["name"] and http_filter["name"] == f["subFilter"]["name"]
+
+
+def apply_http_filter_patch(cfg: dict, delivery: Delivery, *, before=()):
+    """Apply an EnvoyFilter's HTTP_FILTER patches to the (single) HCM of an Envoy config, the way istiod does
+    (pilot/pkg/networking/core/envoyfilter/listener_patch.go: the INSERT_BEFORE first, then MERGE on every filter
+    it matches), after making the config look like the gateway Istio builds: envoy.yaml's own wasm filter removed
+    (the gateway starts without the signer), its router's upstream_http_filters removed (Istio's router sets only
+    start_child_span / suppress_envoy_headers), and `before` (filters Istio itself would have there, e.g.
+    jwt_authn) inserted at the front."""
     (listener,) = cfg["static_resources"]["listeners"]
     (chain,) = listener["filter_chains"]
-    (hcm,) = [f for f in chain["filters"] if f["name"] == http_patch["match"]["listener"]["filterChain"]["filter"]["name"]]
+    insert_patch, flt = delivery.insert_patch, delivery.signer
+    (hcm,) = [f for f in chain["filters"] if f["name"] == insert_patch["match"]["listener"]["filterChain"]["filter"]["name"]]
     filters = [f for f in hcm["typed_config"]["http_filters"] if f.get("typed_config", {}).get("@type") != WASM_TYPE]
+    for f in filters:
+        if f["name"] == ROUTER_NAME:
+            f["typed_config"].pop("upstream_http_filters", None)
+            assert f["typed_config"] == {"@type": ROUTER_TYPE}, f"envoy.yaml's router has more: {f['typed_config']}"
     filters = [*before, *filters]
-    assert http_patch["patch"]["operation"] == "INSERT_BEFORE"
-    target = http_patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"]
+    assert insert_patch["patch"]["operation"] == "INSERT_BEFORE"
+    target = insert_patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"]
     names = [f["name"] for f in filters]
     assert target in names, f"{target} not in {names}"
     filters.insert(names.index(target), flt)
+    if delivery.merge_patch is not None:
+        assert delivery.merge_patch["patch"]["operation"] == "MERGE"
+        merged = 0
+        for f in filters:
+            if filter_match(delivery.merge_patch, hcm, f):
+                value = delivery.router_value
+                # istiod: MERGE skips a filter without typed_config; a name in the patch renames the filter;
+                # both typed configs are unmarshalled as their types and proto-merged (they must be one type).
+                assert "typed_config" in f and value["typed_config"]["@type"] == f["typed_config"]["@type"]
+                f["name"] = value.get("name") or f["name"]
+                proto_merge(f["typed_config"], value["typed_config"])
+                merged += 1
+        assert merged == 1, f"the MERGE patch matched {merged} filters"
     hcm["typed_config"]["http_filters"] = filters
     cfg["node"] = {"id": "mcp-gateway-test", "cluster": "mcp-gateway"}  # Envoy needs a node for file-based xDS
     return listener
@@ -977,11 +1104,11 @@ def test_egress_envoyfilter_signs_for_the_calling_workload(oci_layout, mesh_pki,
     plugin = plugin_json(ef)
     module = module_from_image(oci_layout, wasm_config(ef)["vm_config"]["code"]["remote"]["http_uri"]["uri"],
                                tmp_path / "wasm-cache")
-    http_patch, flt = istio_delivery(ef, module, tmp_path / "xds")
+    delivery = istio_delivery(ef, module, tmp_path / "xds")
     pki = mesh_pki
 
     def edit(cfg):
-        listener = apply_http_filter_patch(cfg, http_patch, flt)
+        listener = apply_http_filter_patch(cfg, delivery)
         listener["filter_chains"][0]["transport_socket"] = {
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
@@ -1012,6 +1139,7 @@ def test_egress_envoyfilter_signs_for_the_calling_workload(oci_layout, mesh_pki,
             assert claims["sub"] == plugin["actor"]
             assert set(claims["scope"].split()) == {"mcp:tools/call", "mcp:tools/get_weather:call"}
             assert json.loads(seen.body) == body
+            assert seen.header_values(ROUTE_HEADER) == [], "the route guard removes the signer's route header"
 
             disco = requests.get(envoy.url + DISCOVERY_SUFFIX, timeout=5, **client).json()
             assert disco["issuer"] == plugin["issuer"]
@@ -1070,10 +1198,10 @@ def test_ingress_envoyfilter_signs_for_the_idp_user(oci_layout, tmp_path):
     idp_jwks = {"keys": [{**idp_jwk, "kid": "idp-1", "alg": "RS256", "use": "sig"}]}
     module = module_from_image(oci_layout, wasm_config(ef)["vm_config"]["code"]["remote"]["http_uri"]["uri"],
                                tmp_path / "wasm-cache")
-    http_patch, flt = istio_delivery(ef, module, tmp_path / "xds")
+    delivery = istio_delivery(ef, module, tmp_path / "xds")
 
     def edit(cfg):
-        apply_http_filter_patch(cfg, http_patch, flt, before=[istio_jwt_authn(ra, idp_jwks)])
+        apply_http_filter_patch(cfg, delivery, before=[istio_jwt_authn(ra, idp_jwks)])
 
     with RecordingUpstream() as upstream:
         envoy = start_envoy(tmp_path / "envoy", json.dumps(plugin), upstream.port, concurrency=1,
@@ -1093,6 +1221,7 @@ def test_ingress_envoyfilter_signs_for_the_idp_user(oci_layout, tmp_path):
             assert claims["email"] == "alice@example.com"
             assert claims["act"] == {"sub": "mcp-inspector"}
             assert claims["scope"] == "mcp:tools/list"
+            assert seen.header_values(ROUTE_HEADER) == [], "the route guard removes the signer's route header"
 
             # Tokens the IdP rule does not accept are refused by jwt_authn before the filter runs: another
             # audience (403) and another signer (401).
@@ -1107,6 +1236,96 @@ def test_ingress_envoyfilter_signs_for_the_idp_user(oci_layout, tmp_path):
 
             disco = requests.get(envoy.url + DISCOVERY_SUFFIX, timeout=5).json()
             assert disco["issuer"] == plugin["issuer"] and disco["jwks_uri"] == plugin["issuer"] + JWKS_SUFFIX
+        finally:
+            envoy.stop()
+
+
+def authorization_routes(other_port: int, default_audience: str, other_audience: str):
+    """A route table that matches on a header the filter sets: requests that carry `authorization` go to cluster
+    `other` (its own audience in route metadata), the rest to the default route and cluster (the default audience).
+    A request without `authorization` is scoped for the default route; the filter then sets `authorization`, and
+    Envoy matches the route again on the edited headers: `other`."""
+    def edit(cfg):
+        hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+        (default,) = routes
+        default["name"] = "default"
+        default["metadata"] = {"filter_metadata": {"mcp_jwt_signer": {"audience": default_audience}}}
+        routes.insert(0, {"name": "other",
+                          "match": {"prefix": "/", "headers": [{"name": "authorization", "present_match": True}]},
+                          "route": {"cluster": "other", "timeout": "0s"},
+                          "metadata": {"filter_metadata": {"mcp_jwt_signer": {"audience": other_audience}}}})
+        cfg["static_resources"]["clusters"].append({
+            "name": "other", "type": "STATIC", "connect_timeout": "2s",
+            "load_assignment": {"cluster_name": "other", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": other_port}}}}]}]}})
+    return edit
+
+
+def test_ingress_envoyfilter_runs_the_route_guard(oci_layout, tmp_path):
+    """The route guard patch is live in the patched gateway: a request whose route changes after the signer's
+    header edits (a route that matches on `authorization`, which the filter sets) is refused with 500
+    route_changed and reaches neither server. The negative control, the same gateway without the MERGE patch
+    (which is what a WasmPlugin gives: no upstream filter), sends that request to the other route's server with a
+    token scoped for the default route's audience, and the signer's route header with it."""
+    ef, ra = find("EnvoyFilter", "mcp-jwt-signer-ingress"), find("RequestAuthentication", "mcp-ingress-idp")
+    plugin = plugin_json(ef)
+    (rule,) = ra.doc["spec"]["jwtRules"]
+    idp_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    idp_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(idp_key.public_key()))
+    idp_jwks = {"keys": [{**idp_jwk, "kid": "idp-1", "alg": "RS256", "use": "sig"}]}
+    module = module_from_image(oci_layout, wasm_config(ef)["vm_config"]["code"]["remote"]["http_uri"]["uri"],
+                               tmp_path / "wasm-cache")
+    default_aud, other_aud = "https://default.example/mcp", "https://other.example/mcp"
+    key = signing_key_pem()
+    body = rpc("tools/list", id=1)
+
+    def gateway(name, with_guard, default_up, other_up):
+        delivery = istio_delivery(ef, module, tmp_path / name / "xds", with_guard=with_guard)
+        routes = authorization_routes(other_up.port, default_aud, other_aud)
+
+        def edit(cfg):
+            apply_http_filter_patch(cfg, delivery, before=[istio_jwt_authn(ra, idp_jwks)])
+            routes(cfg)
+        return start_envoy(tmp_path / name, json.dumps(plugin), default_up.port, concurrency=1,
+                           env={KEY_ENV: key}, extra_edit=edit)
+
+    with RecordingUpstream() as default_up, RecordingUpstream() as other_up:
+        envoy = gateway("with-guard", True, default_up, other_up)
+        try:
+            with nothing_forwarded(envoy, default_up, other_up):
+                r = requests.post(envoy.url + "/mcp", json=body, headers=MCP_HEADERS, timeout=10)
+            assert r.status_code == 500, r.text
+            assert r.json()["error"]["code"] == -32603 and "route changed" in r.json()["error"]["message"], r.text
+            assert "reason=route_changed" in envoy.log()
+            assert filter_stats(envoy.admin_url).get("refused.route_changed") == 1
+
+            # A request that matches `other` from the start (it carries the IdP token) stays there: signed for
+            # that route's audience, accepted by the guard, the route header removed.
+            user_token = idp_token(idp_key, "idp-1", rule, sub="alice", azp="mcp-inspector")
+            r = requests.post(envoy.url + "/mcp", json=body, timeout=10,
+                              headers={**MCP_HEADERS, "authorization": f"Bearer {user_token}"})
+            assert r.status_code == 200, r.text
+            assert default_up.requests == []
+            (seen,) = other_up.wait_for(1)
+            claims = verify_gateway_token(seen.bearer_token(), gateway_jwks(envoy.url),
+                                          {**plugin, "audience": other_aud})
+            assert claims["sub"] == "alice"
+            assert seen.header_values(ROUTE_HEADER) == []
+        finally:
+            envoy.stop()
+
+    with RecordingUpstream() as default_up, RecordingUpstream() as other_up:
+        envoy = gateway("without-guard", False, default_up, other_up)
+        try:
+            r = requests.post(envoy.url + "/mcp", json=body, headers=MCP_HEADERS, timeout=10)
+            assert r.status_code == 200, r.text
+            assert default_up.requests == []
+            (seen,) = other_up.wait_for(1)
+            claims = verify_gateway_token(seen.bearer_token(), gateway_jwks(envoy.url),
+                                          {**plugin, "audience": default_aud})
+            assert claims["aud"] == default_aud, "the other route's server got a token for the default route"
+            assert len(seen.header_values(ROUTE_HEADER)) == 1, "nothing removed the signer's route header"
         finally:
             envoy.stop()
 
@@ -1159,6 +1378,8 @@ def test_wasmplugin_translation_hangs_and_the_flag_fixes_it(oci_layout, tmp_path
                             if hf.get("typed_config", {}).get("@type") == WASM_TYPE:
                                 hf["name"] = generated["config"]["name"]
                                 hf["typed_config"] = typed_config
+                            if hf["name"] == ROUTER_NAME:  # istiod's router: no upstream filters, no route guard
+                                hf["typed_config"].pop("upstream_http_filters", None)
         return edit
 
     with RecordingUpstream() as upstream:
@@ -1207,6 +1428,8 @@ def test_header_mode_wasmplugin_works_as_istiod_translates_it(oci_layout, tmp_pa
                         if hf.get("typed_config", {}).get("@type") == WASM_TYPE:
                             hf["name"] = generated["config"]["name"]
                             hf["typed_config"] = generated
+                        if hf["name"] == ROUTER_NAME:  # istiod's router: no upstream filters, no route guard
+                            hf["typed_config"].pop("upstream_http_filters", None)
 
     with RecordingUpstream() as upstream:
         envoy = start_envoy(tmp_path / "wasmplugin-hm", json.dumps(plugin), upstream.port,
@@ -1219,6 +1442,9 @@ def test_header_mode_wasmplugin_works_as_istiod_translates_it(oci_layout, tmp_pa
             claims = verify_gateway_token(seen.bearer_token(), gateway_jwks(envoy.url),
                                           {"issuer": plugin["issuer"], "audience": plugin["audience"]})
             assert claims["scope"] == "mcp:tools/list"
+            # A WasmPlugin adds no upstream filter, so no route guard runs (deploy/istio/README.md): nothing
+            # removes the signer's route header, and nothing would refuse a route changed by the filter's edits.
+            assert len(seen.header_values(ROUTE_HEADER)) == 1
             r = requests.post(envoy.url + "/mcp", data=body, headers=MCP_HEADERS, timeout=10)
             assert r.status_code == 400 and r.json()["error"]["code"] == -32020, r.text
         finally:
