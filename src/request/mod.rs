@@ -48,16 +48,16 @@ use serde_json::{json, Value};
 
 use crate::claims::{self, Call};
 use crate::config::{Issuer, ScopeSource};
-
-/// Why a header-scoped request that the headers cannot scope is refused when the filter may not buffer.
-const HEADERS_REQUIRED: &str = "this gateway scopes tokens from MCP's request headers: send MCP-Protocol-Version \
-    2026-07-28 or later with Mcp-Method (and Mcp-Name for tools/call, prompts/get and resources/read)";
 use crate::host::{CalloutResponse, Effects, HeaderEdit, Headers, Host, HttpFilter, LogLevel, Metric, Next, Step};
 use crate::plugin::Plugin;
 use crate::refusal::Refusal;
 use crate::well_known::Endpoint;
 
 use self::respond::Challenge;
+
+/// Why a header-scoped request that the headers cannot scope is refused when the filter may not buffer.
+const HEADERS_REQUIRED: &str = "this gateway scopes tokens from MCP's request headers: send MCP-Protocol-Version \
+    2026-07-28 or later with Mcp-Method (and Mcp-Name for tools/call, prompts/get and resources/read)";
 
 /// The configured subset of `fields` (`audit_fields`, `audit_omit`), for the access log.
 fn audit(config: &crate::config::Config, fields: Vec<(&'static str, Value)>) -> Vec<(&'static str, Value)> {
