@@ -672,7 +672,8 @@ def render(results: list[dict], speeds: dict, machine: dict, args, started: dt.d
     pin = f", pinned with `{' '.join(args.wrk_prefix)}`" if args.wrk_prefix else ", not pinned"
     lines.append(f"- Load: wrk, {args.threads} thread{'s' if args.threads != 1 else ''}{pin}, "
                  f"{args.connections} keep-alive connections (closed loop), one MCP `tools/call` POST per request "
-                 f"(x-user-id fixed, or new per request for cold rows); {args.warmup:g} s warm-up + "
+                 f"(x-user-id fixed, new per request for cold rows, or cycling through "
+                 f"{args.shared_users} users for shared rows); {args.warmup:g} s warm-up + "
                  f"{args.duration:g} s measured per row"
                  + (f", median of {args.repeat} interleaved runs" if args.repeat > 1 else "")
                  + f". wrk, the upstream and the Envoy under test share the machine's {machine['nproc']} cores.")

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 LATEST = REPO / "bench" / "latest.md"
 WASM = REPO / "target" / "wasm32-wasip1" / "release" / "mcp_jwt_signer.wasm"
 # What the numbers depend on: the filter's code and build, the Envoy config every row uses, the bench itself.
-MEASURED_INPUTS = ["src", "Cargo.toml", "Cargo.lock", ".cargo", "envoy.yaml", "scripts/bench.py", "scripts/bench.lua"]
+MEASURED_INPUTS = ["src", "Cargo.toml", "Cargo.lock", ".cargo", "envoy.yaml", "scripts/bench.py", "scripts/bench.lua",
+                   "scripts/litellm_mint.py", "bench/requirements-litellm.txt"]
 # Which generated block goes into which file.
 BLOCKS = {"summary": REPO / "README.md", "report": REPO / "bench" / "README.md"}
 
