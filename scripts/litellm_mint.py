@@ -51,8 +51,12 @@ def main() -> int:
         print(f"litellm_mint: cannot import LiteLLM's MCPJWTSigner: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
 
-    signer = MCPJWTSigner(guardrail_name="mcp-jwt-signer", event_hook="pre_mcp_call", default_on=True,
-                          issuer="https://gateway.bench.invalid", audience="mcp", ttl_seconds=300)
+    try:
+        signer = MCPJWTSigner(guardrail_name="mcp-jwt-signer", event_hook="pre_mcp_call", default_on=True,
+                              issuer="https://gateway.bench.invalid", audience="mcp", ttl_seconds=300)
+    except Exception as e:  # noqa: BLE001  (e.g. a key it cannot load; the message does not carry the key)
+        print(f"litellm_mint: MCPJWTSigner refused its configuration: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     cache = DualCache()
     prefix = uuid.uuid4().hex[:10]
 
