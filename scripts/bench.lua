@@ -1,11 +1,14 @@
 -- wrk script for scripts/bench.py: one MCP `tools/call` POST per request.
 --
---   wrk ... -s scripts/bench.lua -- <mode> <prefix>
+--   wrk ... -s scripts/bench.lua -- <mode> <prefix> [<users>]
 --
 -- mode "fixed": every request carries the same x-user-id (the filter's token cache answers after the first mint).
 -- mode "vary":  every request carries a new x-user-id, <prefix>-<thread>-<n>, so the filter mints for every request.
 --               bench.py passes a fresh <prefix> to every wrk run, so a measured run never reuses a warm-up user.
--- Both modes build the request the same way (same Lua work per request), so the load generator's cost is equal.
+-- mode "cycle": the requests cycle through <users> (default 64) fixed users, <prefix>-u<0..users-1>, the same set
+--               in every wrk thread: Envoy spreads the connections over its workers, so every user reaches every
+--               worker, and with the workers' shared token cache each user is minted once per Envoy.
+-- All modes build the request the same way (about the same Lua work per request), so the load generator's cost is equal.
 --
 -- At the end one line `BENCH_JSON {...}` carries what bench.py reads: requests, duration, errors and latency
 -- percentiles in microseconds.
@@ -20,6 +23,7 @@ end
 function init(args)
    mode = args[1] or "fixed"
    prefix = args[2] or "bench"
+   users = tonumber(args[3] or "64")
    n = 0
    body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather","arguments":{"city":"Paris"}}}'
    headers = {
@@ -33,6 +37,8 @@ function request()
    n = n + 1
    if mode == "vary" then
       headers["x-user-id"] = prefix .. "-" .. tid .. "-" .. n
+   elseif mode == "cycle" then
+      headers["x-user-id"] = prefix .. "-u" .. (n % users)
    else
       headers["x-user-id"] = "bench-user"
    end

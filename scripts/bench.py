@@ -13,6 +13,9 @@ filter, rows `filter ...`, and the native dynamic module of `make build-native`,
   warm          the filter, the same user and tool on every request (token cache hits)
   cold          the filter, a different user on every request (every request mints a token)
   nocache       (optional) the filter with `token_cache.max_entries: 0`, same user (every request mints)
+  shared        the filter (token cache on, shared by the workers), wrk cycling through --shared-users K fixed
+                users; only at --concurrency >= 2 (one worker has nothing to share). A table reports the tokens
+                minted vs K (one mint per claim set per Envoy) and `token_cache_shared_hits`
 Cold rows for other algorithms (`--algorithms RS256,ES256,EdDSA`, or BENCH_ALGORITHMS) run when the filter accepts
 `"algorithm": ...`; when Envoy refuses the config, the row is skipped with a note. With `--repeat N` every row runs
 N times, the rows alternating (baseline, wasm, native, baseline, ...), and the table shows medians: on a shared
@@ -25,7 +28,13 @@ measured window; a row with any is marked and the exit status is 1. The CPU time
 every other process is measured per row: on a shared machine, rows during which other processes were busy are
 marked noisy (before each row the bench waits up to --wait-quiet seconds for the machine to go quiet).
 
-Mint cost: the filter's `sign_duration_us` histogram (Envoy admin, cold rows) beside `openssl speed` on this machine.
+Mint cost: the filter's `sign_duration_us` histogram (Envoy admin, cold rows) beside `openssl speed` on this machine
+and beside LiteLLM's own signer (the reference implementation): scripts/litellm_mint.py times
+`MCPJWTSigner.async_pre_call_hook` in its own venv (target/bench-litellm-venv, from bench/requirements-litellm.txt,
+created on first use; the bench fails when it cannot be installed), RS256 with the same key, in the same run.
+
+Experiments (environment only): BENCH_PLUGIN_EXTRA, plugin JSON merged into every filter row's configuration (e.g.
+'{"audit_fields": false}'); BENCH_NO_GUARD=1, the filter rows without the route guard (what the guard costs).
 
 Writes bench/latest.md and bench/<UTC timestamp>.md; scratch files (configs, logs, keys) go to bench/tmp/.
 Traffic goes only to 127.0.0.1. Not a test: nothing here asserts on timings.
@@ -59,6 +68,10 @@ DEFAULT_NATIVE = REPO / "target/release/libmcp_jwt_signer.so"
 # The issue's targets for the native build (issue 14, item 4): RS256 cold mint and warm throughput.
 NATIVE_MINT_TARGET_US = 300
 NATIVE_WARM_TARGET_RATIO = 0.95
+# LiteLLM's MCPJWTSigner, timed by scripts/litellm_mint.py in a venv of its own.
+LITELLM_VENV = REPO / "target" / "bench-litellm-venv"
+LITELLM_REQUIREMENTS = BENCH_DIR / "requirements-litellm.txt"
+LITELLM_SCRIPT = REPO / "scripts" / "litellm_mint.py"
 
 UPSTREAM_BODY = '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"sunny"}]}}'
 INGRESS_STAT_PREFIX = "mcp_ingress"  # envoy.yaml's HTTP connection manager stat_prefix
@@ -127,6 +140,38 @@ def openssl_speed(alg: str, seconds: int) -> dict | None:
                 pass
     log(f"openssl speed {alg}: could not parse the output (rc={out.returncode}): {out.stderr.strip()[:200]}")
     return None
+
+
+def ensure_litellm_venv() -> Path:
+    """The python of target/bench-litellm-venv, (re)created from bench/requirements-litellm.txt when missing or
+    when the requirements changed. Exits (the bench fails) when it cannot be installed."""
+    py = LITELLM_VENV / "bin" / "python"
+    stamp = LITELLM_VENV / ".requirements-sha256"
+    want = hashlib.sha256(LITELLM_REQUIREMENTS.read_bytes()).hexdigest()
+    if py.exists() and stamp.exists() and stamp.read_text().strip() == want:
+        return py
+    log(f"creating {LITELLM_VENV.relative_to(REPO)} (pip install -r {LITELLM_REQUIREMENTS.relative_to(REPO)})")
+    r = subprocess.run([sys.executable, "-m", "venv", "--clear", str(LITELLM_VENV)], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"bench: could not create {LITELLM_VENV} for LiteLLM's signer: {r.stderr.strip()[-500:]}")
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r",
+                        str(LITELLM_REQUIREMENTS)], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"bench: installing LiteLLM (the reference signer the mint table compares with) failed; "
+                 f"pip said: {(r.stdout + r.stderr).strip()[-1500:]}")
+    stamp.write_text(want + "\n")
+    return py
+
+
+def litellm_mint(py: Path, key_path: Path, calls: int) -> dict:
+    """scripts/litellm_mint.py's JSON: LiteLLM's MCPJWTSigner, RS256, `calls` timed hook calls. Exits on failure."""
+    warmup = max(20, calls // 10)
+    cmd = [str(py), str(LITELLM_SCRIPT), "--key", str(key_path), "--calls", str(calls), "--warmup", str(warmup)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60 + calls * 0.1)
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    if r.returncode != 0 or not lines:
+        sys.exit(f"bench: timing LiteLLM's MCPJWTSigner failed (rc={r.returncode}): {r.stderr.strip()[-1000:]}")
+    return json.loads(lines[-1])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -231,6 +276,8 @@ def make_edit(harness, upstream_port: int, with_filter: bool, same_envoy_upstrea
                             tc["http_filters"] = [f for f in tc["http_filters"]
                                                   if f.get("typed_config", {}).get("@type") != WASM_TYPE]
             harness.remove_route_guard(cfg)  # without the signer the guard would refuse every request
+        elif os.environ.get("BENCH_NO_GUARD"):  # experiments: what the route guard costs
+            harness.remove_route_guard(cfg)
         if same_envoy_upstream:  # the fast upstream as a second listener of the Envoy under test
             listeners.append(upstream_listener(upstream_port))
     return edit
@@ -408,7 +455,7 @@ class Row:
 def run_wrk(wrk: str, args, url: str, mode: str, seconds: float) -> dict:
     prefix = uuid.uuid4().hex[:10]  # fresh users for every wrk run: a measured run never hits a warm-up token
     cmd = [*args.wrk_prefix, wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{max(1, round(seconds))}s",
-           "--timeout", "5s", "-s", str(LUA), url, "--", mode, prefix]
+           "--timeout", "5s", "-s", str(LUA), url, "--", mode, prefix, str(args.shared_users)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     for line in out.stdout.splitlines():
         if line.startswith("BENCH_JSON "):
@@ -442,7 +489,7 @@ def start_row_envoy(harness, row: Row, concurrency: int, workdir: Path, plugin: 
 def run_row(harness, wrk: str, args, row: Row, concurrency: int, workdir: Path, plugin: dict | None,
             upstream) -> dict:
     result = {"row": row.label, "name": row.name, "algorithm": row.algorithm, "concurrency": concurrency,
-              "with_filter": row.with_filter, "build": row.build}
+              "with_filter": row.with_filter, "build": row.build, "mode": row.mode}
     envoy, refused = start_row_envoy(harness, row, concurrency, workdir, plugin or {}, upstream)
     if envoy is None:
         result["skipped"] = refused
@@ -483,6 +530,7 @@ def run_row(harness, wrk: str, args, row: Row, concurrency: int, workdir: Path, 
     if row.with_filter:
         result["minted"] = counter_delta(before, after, "mcp_jwt_signer.tokens_minted")
         result["cache_hits"] = counter_delta(before, after, "mcp_jwt_signer.token_cache_hits")
+        result["shared_hits"] = counter_delta(before, after, "mcp_jwt_signer.token_cache_shared_hits")
         h0, h1 = before["hist"], after["hist"]
         result["sign_p50_us"] = window_quantile(before["buckets"], after["buckets"], 0.50)
         result["sign_p99_us"] = window_quantile(before["buckets"], after["buckets"], 0.99)
@@ -499,6 +547,10 @@ def run_row(harness, wrk: str, args, row: Row, concurrency: int, workdir: Path, 
         problems.append(f"{result['upstream_connections']} new upstream connections (connection churn)")
     if row.mode == "vary" and row.with_filter and result.get("cache_hits"):
         problems.append(f"{result['cache_hits']} cache hits in a cold row")
+    if row.mode == "cycle":
+        result["users"] = args.shared_users
+        if not result.get("shared_hits"):
+            problems.append("no token_cache_shared_hits: the workers did not share a token")
     result["problems"] = problems
     result["warnings"] = []
     if result["cpu"]["other"] > OTHER_CPU_LIMIT:
@@ -517,7 +569,7 @@ def combine(reps: list[dict]) -> dict:
     for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "sign_p50_us", "sign_p99_us", "sign_mean_us"):
         vals = [r[key] for r in done if r.get(key) is not None]
         out[key] = statistics.median(vals) if vals else None
-    for key in ("requests", "envoy_2xx", "envoy_non2xx", "minted", "cache_hits"):
+    for key in ("requests", "envoy_2xx", "envoy_non2xx", "minted", "cache_hits", "shared_hits"):
         if key in out:
             out[key] = sum(r.get(key, 0) for r in done)
     out["problems"] = sorted({p for r in done for p in r["problems"]})
@@ -527,6 +579,8 @@ def combine(reps: list[dict]) -> dict:
     out["cpu"] = {k: statistics.median(r["cpu"][k] for r in done) for k in done[0]["cpu"]}
     out["reps"] = len(done)
     out["rps_all"] = [r["rps"] for r in done]
+    out["minted_all"] = [r.get("minted") for r in done]
+    out["shared_hits_all"] = [r.get("shared_hits") for r in done]
     return out
 
 
@@ -566,8 +620,41 @@ def native_targets(results: list[dict]) -> list[str]:
     return out
 
 
+def shared_rows(results: list[dict]) -> list[str]:
+    """Rows of the shared-cache table: tokens minted in each measured window vs the K users (one mint per claim set
+    per Envoy), and the shared hits."""
+    out = []
+    for r in results:
+        if r.get("mode") != "cycle":
+            continue
+        build = "native" if r.get("build") == "native" else "wasm"
+        if "skipped" in r:
+            out.append(f"| {build} | {r['concurrency']} | | skipped | | | | {r['skipped']} |")
+            continue
+        k, workers = r["users"], r["concurrency"]
+        minted = [m for m in r.get("minted_all") or [r.get("minted")] if m is not None]
+        shared = [h for h in r.get("shared_hits_all") or [r.get("shared_hits")] if h is not None]
+        misses = [m + h for m, h in zip(minted, shared)]
+        per_run = len(minted) > 1
+        checks = []
+        for i, m in enumerate(minted):
+            run = f"run {i + 1}: " if per_run else ""
+            if m > k:
+                checks.append(f"{run}{m} minted, {m - k} more than K (workers minting one claim set at once: the "
+                              f"publish race)")
+            elif m < k:
+                checks.append(f"{run}{m} minted, {k - m} fewer than K")
+        if not any(shared):
+            checks.append("NOT SHARED: no shared hits")
+        check = "; ".join(checks) or "ok"
+        cells = [", ".join(str(x) for x in v) for v in (minted, shared, misses)]
+        out.append(f"| {build} | {workers} | {k} | {cells[0]} | {cells[1]} | {r['cache_hits']:,} | {cells[2]} "
+                   f"(K x workers = {k * workers}) | {check} |")
+    return out
+
+
 def render(results: list[dict], speeds: dict, machine: dict, args, started: dt.datetime, elapsed: float,
-           notes: list[str]) -> str:
+           notes: list[str], litellm: dict | None = None) -> str:
     separate = args.upstream == "separate"
     lines = []
     lines.append(f"# mcp-jwt-signer benchmark, {started.strftime('%Y-%m-%d %H:%M UTC')}")
@@ -585,7 +672,8 @@ def render(results: list[dict], speeds: dict, machine: dict, args, started: dt.d
     pin = f", pinned with `{' '.join(args.wrk_prefix)}`" if args.wrk_prefix else ", not pinned"
     lines.append(f"- Load: wrk, {args.threads} thread{'s' if args.threads != 1 else ''}{pin}, "
                  f"{args.connections} keep-alive connections (closed loop), one MCP `tools/call` POST per request "
-                 f"(x-user-id fixed, or new per request for cold rows); {args.warmup:g} s warm-up + "
+                 f"(x-user-id fixed, new per request for cold rows, or cycling through "
+                 f"{args.shared_users} users for shared rows); {args.warmup:g} s warm-up + "
                  f"{args.duration:g} s measured per row"
                  + (f", median of {args.repeat} interleaved runs" if args.repeat > 1 else "")
                  + f". wrk, the upstream and the Envoy under test share the machine's {machine['nproc']} cores.")
@@ -611,6 +699,8 @@ def render(results: list[dict], speeds: dict, machine: dict, args, started: dt.d
         tr = r["rps"] / b["rps"] if b and b["rps"] else None
         pr = r["p99_ms"] / b["p99_ms"] if b and b["p99_ms"] else None
         tokens = f"{r['minted']} / {r['cache_hits']}" if r["with_filter"] else "-"
+        if r.get("mode") == "cycle":
+            tokens += f" ({r['users']} users)"
         check = "ok" if not r["problems"] else "ERRORS: " + "; ".join(r["problems"])
         if r.get("warnings"):
             check += "; " + "; ".join(r["warnings"])
@@ -623,12 +713,17 @@ def render(results: list[dict], speeds: dict, machine: dict, args, started: dt.d
     lines.append("Mint cost inside Envoy (cold rows; the filter's `sign_duration_us` histogram, time per token "
                  "minted: claims, signature, encoding) beside OpenSSL on the same machine, one core:")
     lines.append("")
+    ll_cols = " | LiteLLM MCPJWTSigner P50 µs | LiteLLM P50 / filter P50" if litellm else ""
+    ll_align = "---:|---:|" if litellm else ""
     lines.append("| algorithm | row | mint P50 µs | mint P99 µs | mint mean µs | mints/s per worker (1e6/P50) "
-                 "| mints/s per worker (1e6/mean) | `openssl speed` sign/s, 1 core | filter (1e6/P50) / OpenSSL |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+                 f"| mints/s per worker (1e6/mean) | `openssl speed` sign/s, 1 core | filter (1e6/P50) / OpenSSL"
+                 f"{ll_cols} |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|" + ll_align)
     def mint_rows(build: str):
         for r in results:
             if "skipped" in r or r["name"].endswith("warm") or not r.get("with_filter") or not r.get("sign_p50_us"):
+                continue
+            if r.get("mode") == "cycle":  # a few mints at the start of the window: not a mint-cost row
                 continue
             if r.get("build", "wasm") != build:
                 continue
@@ -638,10 +733,17 @@ def render(results: list[dict], speeds: dict, machine: dict, args, started: dt.d
             ratio = f"{per_worker / sp['sign_per_s']:.3f}" if sp else ""
             mean = f"{r['sign_mean_us']:,.0f}" if r.get("sign_mean_us") else ""
             sustained = f"{1e6 / r['sign_mean_us']:,.0f}" if r.get("sign_mean_us") else ""
+            ll = ""
+            if litellm:
+                if r["algorithm"] == litellm["algorithm"]:
+                    ll = f" | {litellm['p50_us']:,.0f} | {litellm['p50_us'] / r['sign_p50_us']:.2f}"
+                else:
+                    ll = f" | n/a ({litellm['algorithm']} only) | "
             yield (f"| {r['algorithm']} | {r['name']}, --concurrency {r['concurrency']} | {r['sign_p50_us']:,.0f} "
-                   f"| {r['sign_p99_us']:,.0f} | {mean} | {per_worker:,.0f} | {sustained} | {ossl} | {ratio} |")
+                   f"| {r['sign_p99_us']:,.0f} | {mean} | {per_worker:,.0f} | {sustained} | {ossl} | {ratio}{ll} |")
 
-    lines.extend(mint_rows("wasm"))
+    wasm_rows = list(mint_rows("wasm"))
+    lines.extend(wasm_rows or ["| - | no cold wasm row in this run | | | | | | | |" + (" | |" if litellm else "")])
     native_rows = list(mint_rows("native"))
     if native_rows:
         lines.append("")
@@ -649,8 +751,8 @@ def render(results: list[dict], speeds: dict, machine: dict, args, started: dt.d
         lines.append("")
         lines.append("| native: algorithm | row | mint P50 µs | mint P99 µs | mint mean µs | mints/s per worker "
                      "(1e6/P50) | mints/s per worker (1e6/mean) | `openssl speed` sign/s, 1 core "
-                     "| filter (1e6/P50) / OpenSSL |")
-        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+                     f"| filter (1e6/P50) / OpenSSL{ll_cols} |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|" + ll_align)
         lines.extend(native_rows)
     targets = native_targets(results)
     if targets:
@@ -661,6 +763,26 @@ def render(results: list[dict], speeds: dict, machine: dict, args, started: dt.d
         lines.append("| target | `--concurrency` | measured | Envoy CPU µs/request (baseline / row) | verdict |")
         lines.append("|---|---:|---:|---:|---|")
         lines.extend(targets)
+    if litellm:
+        lines.append("")
+        lines.append(f"LiteLLM MCPJWTSigner (the reference implementation): litellm {litellm['version']} (PyJWT {litellm['pyjwt']}, cryptography "
+                     f"{litellm['cryptography']}), `async_pre_call_hook` for a `tools/call` of one tool, a new user "
+                     f"per call, {litellm['calls']} calls after {litellm['warmup']} warm-up in one process, the "
+                     f"RS256 key of the filter's rows: P50 {litellm['p50_us']:,.0f} µs, P99 {litellm['p99_us']:,.0f} "
+                     f"µs, mean {litellm['mean_us']:,.0f} µs, {litellm['per_s']:,.0f} mints/s (1e6/mean, one "
+                     f"core); PyJWT's `jwt.encode` alone P50 {litellm['jwt_encode_p50_us']:,.0f} µs. It signs "
+                     f"{', '.join(litellm['algorithms_supported'])} only.")
+    shared = shared_rows(results)
+    if shared:
+        lines.append("")
+        lines.append(f"Token cache shared by the workers (`shared` rows: wrk cycles through K = {args.shared_users} "
+                     "users, so each claim set should be minted once per Envoy, not once per worker; counts over "
+                     "the measured window, whose users are new):")
+        lines.append("")
+        lines.append("| build | Envoy `--concurrency` | users (K) | tokens minted | token_cache_shared_hits "
+                     "| token_cache_hits | minted + shared hits | check |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---|")
+        lines.extend(shared)
     lines.append("")
     lines.append("Notes:")
     lines.append("- Closed-loop load at saturation: p50/p99 are mostly queueing behind the busiest thread, so the "
@@ -675,6 +797,16 @@ def render(results: list[dict], speeds: dict, machine: dict, args, started: dt.d
                  "worker would mint if it did nothing else: 1e6/P50 (the typical mint) and 1e6/mean (sustained).")
     lines.append("- `tokens minted / cache hits` and `check` cover the measured window (Envoy counters); `check` is "
                  "ok when wrk saw no socket errors or timeouts and Envoy answered only 2xx.")
+    if litellm:
+        lines.append("- LiteLLM P50 / filter P50: above 1, the filter mints faster than LiteLLM's signer. LiteLLM's "
+                     "number is one Python call in one process (no HTTP, no proxy around it), timed before the "
+                     "Envoy rows; the filter's is the mint inside Envoy under load, so the comparison favours "
+                     "LiteLLM.")
+    if any(r.get("mode") == "cycle" for r in results):
+        lines.append("- Shared-cache table: each worker misses its own cache once per user, so tokens minted + "
+                     "shared hits is K x workers when every user reached every worker; `check` is ok when tokens "
+                     "minted == K. Two workers that miss the same claim set in the same moment both mint (the "
+                     "publish race, docs/token.md), which shows as more than K.")
     lines.append("- Envoy CPU µs/request: the Envoy under test's CPU time (all threads) over the measured window / "
                  "requests answered; less sensitive to a busy machine than requests/s.")
     lines.append(f"- CPU cores: CPU time used during the measured window / its length, for the Envoy under test "
@@ -698,8 +830,13 @@ def parse_args():
     p.add_argument("--builds", default=env("BENCH_BUILDS", "wasm,native"),
                    help="comma list of wasm (target/wasm32-wasip1/...) and native (target/release/"
                         "libmcp_jwt_signer.so, `make build-native`); default %(default)s")
-    p.add_argument("--rows", default=env("BENCH_ROWS", "baseline,warm,cold"),
-                   help="comma list of baseline, warm, cold, nocache (default %(default)s)")
+    p.add_argument("--rows", default=env("BENCH_ROWS", "baseline,warm,cold,shared"),
+                   help="comma list of baseline, warm, cold, shared, nocache (default %(default)s)")
+    p.add_argument("--shared-users", type=int, default=int(env("BENCH_SHARED_USERS", "64")),
+                   help="K: the users the shared rows cycle through (default %(default)s)")
+    p.add_argument("--litellm-calls", type=int, default=int(env("BENCH_LITELLM_CALLS", "2000")),
+                   help="timed calls of LiteLLM's MCPJWTSigner (scripts/litellm_mint.py) for the mint table "
+                        "(default %(default)s; 0: do not run it, and the report says so)")
     p.add_argument("--concurrency", default=env("BENCH_CONCURRENCY", "1,2"), help="Envoy --concurrency values")
     p.add_argument("--duration", type=int, default=int(env("BENCH_DURATION", "8")), help="measured seconds per row")
     p.add_argument("--warmup", type=int, default=int(env("BENCH_WARMUP", "2")), help="warm-up seconds per row (0: none)")
@@ -730,9 +867,11 @@ def parse_args():
             p.error(f"unknown build {b!r} (known: wasm, native)")
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     for r in args.rows:
-        if r not in ("baseline", "warm", "cold", "nocache"):
+        if r not in ("baseline", "warm", "cold", "shared", "nocache"):
             p.error(f"unknown row {r!r}")
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    if args.shared_users < 1:
+        p.error("--shared-users must be at least 1")
     args.wrk_prefix = ["taskset", "-c", args.pin] if args.pin else []
     return args
 
@@ -752,6 +891,9 @@ def plan_rows(args) -> list[Row]:
             if "cold" in args.rows:
                 rows.append(Row(f"{prefix}cold-RS256", f"{word} cold RS256 (new user per request)",
                                 with_filter=True, mode="vary", build=build))
+            if "shared" in args.rows:
+                rows.append(Row(f"{prefix}shared", f"{word} shared cache RS256 ({args.shared_users} users cycling)",
+                                with_filter=True, mode="cycle", build=build))
             if "nocache" in args.rows:
                 rows.append(Row(f"{prefix}nocache-RS256", f"{word} RS256, cache off (max_entries 0)",
                                 with_filter=True, mode="fixed", plugin_extra={"token_cache": {"max_entries": 0}},
@@ -775,6 +917,7 @@ def main() -> int:
     ensure_tool("openssl", "openssl")
     if args.pin:
         ensure_tool("taskset", "util-linux")
+    litellm_py = ensure_litellm_venv() if args.litellm_calls > 0 else None
 
     # Benchmark one artefact for the whole run, even if someone rebuilds meanwhile.
     src_wasm = Path(os.environ.get("MCP_JWT_SIGNER_WASM", DEFAULT_WASM))
@@ -826,14 +969,40 @@ def main() -> int:
             speeds[alg] = sp
             log(f"  {sp['sign_per_s']:,.0f} sign/s")
 
+    # LiteLLM's own signer, with the RS256 key of the filter's rows (a key of its own when RS256 is not benchmarked).
+    litellm = None
+    if litellm_py is not None:
+        key_path = run_dir / "key-RS256.pem"
+        if "RS256" not in keys:
+            key_path = run_dir / "key-litellm-RS256.pem"
+            subprocess.run(["openssl", "genpkey", *GENPKEY["RS256"], "-out", str(key_path)], capture_output=True,
+                           check=True)
+        if args.wait_quiet > 0:
+            wait_quiet(args.wait_quiet)
+        log(f"LiteLLM MCPJWTSigner: {args.litellm_calls} calls of async_pre_call_hook (scripts/litellm_mint.py)")
+        litellm = litellm_mint(litellm_py, key_path, args.litellm_calls)
+        log(f"  litellm {litellm['version']}: P50 {litellm['p50_us']:,.0f} µs, mean {litellm['mean_us']:,.0f} µs, "
+            f"{litellm['per_s']:,.0f} mints/s")
+
     base_plugin = base_plugin_config(harness)
     notes = []
+    if litellm is None:
+        notes.append("LiteLLM's signer was not timed (`--litellm-calls 0`).")
+    if "shared" in args.rows and any(c < 2 for c in args.concurrency):
+        notes.append("Shared-cache rows run at `--concurrency` 2 and above only: with one worker there is nothing to "
+                     "share.")
+    plugin_extra_env = json.loads(os.environ.get("BENCH_PLUGIN_EXTRA") or "{}")
+    if plugin_extra_env:
+        notes.append(f"BENCH_PLUGIN_EXTRA merged into every filter row's plugin JSON: `{json.dumps(plugin_extra_env)}`.")
+    if os.environ.get("BENCH_NO_GUARD"):
+        notes.append("BENCH_NO_GUARD: the filter rows ran without the route guard.")
     refused_algs: dict[tuple[str, str], str] = {}
 
     def plugin_for(row: Row, with_key: bool) -> dict | None:
         if not row.with_filter:
             return None
         cfg = dict(base_plugin)
+        cfg.update(plugin_extra_env)  # BENCH_PLUGIN_EXTRA (experiments, e.g. '{"audit_fields": false}')
         cfg.update(row.plugin_extra)
         if with_key and row.algorithm in keys:
             cfg["signing_key"] = keys[row.algorithm]
@@ -846,6 +1015,8 @@ def main() -> int:
         for rep in range(args.repeat):
             for c in args.concurrency:
                 for row in rows:
+                    if row.mode == "cycle" and c < 2:
+                        continue  # nothing to share with one worker (a note in the report says so)
                     if (row.build, row.algorithm) in refused_algs:
                         reps.setdefault((row.name, c), []).append(
                             {"row": row.label, "name": row.name, "algorithm": row.algorithm, "concurrency": c,
@@ -876,6 +1047,8 @@ def main() -> int:
                         log(f"  skipped: {res['skipped']}")
                     else:
                         extra = f", minted {res['minted']}, hits {res['cache_hits']}" if row.with_filter else ""
+                        if row.mode == "cycle":
+                            extra += f" (shared {res['shared_hits']}; K = {args.shared_users})"
                         sign = (f", mint P50 {res['sign_p50_us']:.0f} µs"
                                 if res.get("sign_p50_us") and row.name != "warm" else "")
                         cpu = res["cpu"]
@@ -893,7 +1066,7 @@ def main() -> int:
     for (build, alg), why in refused_algs.items():
         notes.append(f"{build} {alg} rows skipped: {why}")
     elapsed = time.monotonic() - t0
-    report = render(results, speeds, machine, args, started, elapsed, notes)
+    report = render(results, speeds, machine, args, started, elapsed, notes, litellm)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -903,7 +1076,8 @@ def main() -> int:
     # Keep the scratch files of the last few runs only.
     for old in sorted(p for p in TMP_DIR.iterdir() if p.is_dir() and re.fullmatch(r"\d{8}T\d{6}Z", p.name))[:-5]:
         shutil.rmtree(old, ignore_errors=True)
-    (run_dir / "results.json").write_text(json.dumps({"machine": machine, "speeds": speeds, "results": results,
+    (run_dir / "results.json").write_text(json.dumps({"machine": machine, "speeds": speeds, "litellm": litellm,
+                                                       "results": results,
                                                        "reps": {f"{k[0]}-c{k[1]}": v for k, v in reps.items()}},
                                                       indent=2))
     print()

@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 LATEST = REPO / "bench" / "latest.md"
 WASM = REPO / "target" / "wasm32-wasip1" / "release" / "mcp_jwt_signer.wasm"
 # What the numbers depend on: the filter's code and build, the Envoy config every row uses, the bench itself.
-MEASURED_INPUTS = ["src", "Cargo.toml", "Cargo.lock", ".cargo", "envoy.yaml", "scripts/bench.py", "scripts/bench.lua"]
+MEASURED_INPUTS = ["src", "Cargo.toml", "Cargo.lock", ".cargo", "envoy.yaml", "scripts/bench.py", "scripts/bench.lua",
+                   "scripts/litellm_mint.py", "bench/requirements-litellm.txt"]
 # Which generated block goes into which file.
 BLOCKS = {"summary": REPO / "README.md", "report": REPO / "bench" / "README.md"}
 
@@ -54,10 +55,18 @@ class Report:
                     self.rows[(cells[0], int(cells[1]))] = dict(zip(header, cells))
             elif header[:2] == ["algorithm", "row"]:
                 for cells in body:
-                    concurrency = int(re.search(r"--concurrency (\d+)", cells[1]).group(1))
-                    self.mints[(cells[0], concurrency)] = dict(zip(header, cells))
+                    m = re.search(r"--concurrency (\d+)", cells[1])
+                    if m:  # (a run without cold rows has a placeholder row)
+                        self.mints[(cells[0], int(m.group(1)))] = dict(zip(header, cells))
         if not self.rows or not self.mints:
             raise ValueError("bench/latest.md: the results table or the mint table is missing")
+        # Since the LiteLLM comparison (optional, so that older reports still parse): its line, its column.
+        litellm = re.search(r"^LiteLLM MCPJWTSigner \(the reference implementation\): litellm (\S+) .*$", text, re.M)
+        self.litellm_version = litellm.group(1) if litellm else None
+        self.litellm_line = litellm.group(0) if litellm else None
+        # The shared-cache table (header starting "build", "Envoy `--concurrency`", "users (K)"), raw, or None.
+        self.shared_table = next((raw for raw, (header, _) in zip(_tables(text, raw=True), _tables(text))
+                                  if header[:3] == ["build", "Envoy `--concurrency`", "users (K)"]), None)
 
     def row(self, name: str, concurrency: int) -> dict:
         for (row, c), cells in self.rows.items():
@@ -134,7 +143,16 @@ def summary_block(r: Report) -> str:
         row = r.row(f"filter cold {alg}", 1)
         lines.append(f"| filter, new token every request, {alg} | {row['requests/s']} | {row['req/s vs baseline']} | "
                      f"{row['Envoy CPU µs/request']} | {r.mint(alg, 1)['mint P50 µs']} |")
+    rs = r.mint("RS256", 1)
+    litellm_p50 = rs.get("LiteLLM MCPJWTSigner P50 µs", "")
+    if r.litellm_version and litellm_p50 and not litellm_p50.startswith("n/a"):
+        lines.append(f"| LiteLLM {r.litellm_version} `MCPJWTSigner` (the reference), RS256: one Python call, no proxy "
+                     f"| - | - | - | {litellm_p50} |")
     lines += ["", speedups(r, 1) + "."]
+    if r.litellm_version and litellm_p50 and not litellm_p50.startswith("n/a"):
+        ratio = _num(rs["LiteLLM P50 / filter P50"])
+        lines[-1] += (f" LiteLLM's signer takes {ratio:.2f}x the filter's RS256 mint time (P50, same key, same run; "
+                      f"above 1: the filter mints faster).")
     return "\n".join(lines)
 
 
@@ -156,8 +174,13 @@ def report_block(r: Report) -> str:
         f"| ES256 cold >= 10x RS256 cold (mint P50) | ES256 {es_x:.1f}x, EdDSA {ed_x:.1f}x | "
         f"{'met' if es_x >= 10 else 'not met'} |",
     ]
+    extra = []
+    if r.litellm_line:
+        extra += ["", r.litellm_line]
+    if r.shared_table:
+        extra += ["", "Token cache shared by the workers (`shared` rows):", "", r.shared_table]
     return "\n".join([f"Run: {provenance(r)}.", "", tables[0], "", "Mint cost inside Envoy (cold rows):", "",
-                      *tables[1:2], "", speedups(r, 1) + " (`--concurrency 1`).", "", *targets])
+                      *tables[1:2], "", speedups(r, 1) + " (`--concurrency 1`).", "", *targets, *extra])
 
 
 GENERATORS = {"summary": summary_block, "report": report_block}
