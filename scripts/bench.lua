@@ -8,6 +8,9 @@
 -- mode "cycle": the requests cycle through <users> (default 64) fixed users, <prefix>-u<0..users-1>, the same set
 --               in every wrk thread: Envoy spreads the connections over its workers, so every user reaches every
 --               worker, and with the workers' shared token cache each user is minted once per Envoy.
+-- mode "headers": as "fixed", with MCP 2026-07-28's request headers (Mcp-Method, Mcp-Name, MCP-Protocol-Version)
+--               and the protocol version in the body's _meta, for the header-scoped rows (scope_source "headers",
+--               allow_body_buffering false: the filter signs at the headers and never holds the body).
 -- All modes build the request the same way (about the same Lua work per request), so the load generator's cost is equal.
 --
 -- At the end one line `BENCH_JSON {...}` carries what bench.py reads: requests, duration, errors and latency
@@ -31,6 +34,13 @@ function init(args)
       ["Accept"] = "application/json, text/event-stream",
       ["x-user-id"] = "bench-user",
    }
+   if mode == "headers" then
+      body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather","arguments":{"city":"Paris"},' ..
+         '"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}'
+      headers["Mcp-Method"] = "tools/call"
+      headers["Mcp-Name"] = "get_weather"
+      headers["MCP-Protocol-Version"] = "2026-07-28"
+   end
 end
 
 function request()

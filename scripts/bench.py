@@ -830,8 +830,8 @@ def parse_args():
     p.add_argument("--builds", default=env("BENCH_BUILDS", "wasm,native"),
                    help="comma list of wasm (target/wasm32-wasip1/...) and native (target/release/"
                         "libmcp_jwt_signer.so, `make build-native`); default %(default)s")
-    p.add_argument("--rows", default=env("BENCH_ROWS", "baseline,warm,cold,shared"),
-                   help="comma list of baseline, warm, cold, shared, nocache (default %(default)s)")
+    p.add_argument("--rows", default=env("BENCH_ROWS", "baseline,warm,headers,cold,shared"),
+                   help="comma list of baseline, warm, headers, cold, shared, nocache (default %(default)s)")
     p.add_argument("--shared-users", type=int, default=int(env("BENCH_SHARED_USERS", "64")),
                    help="K: the users the shared rows cycle through (default %(default)s)")
     p.add_argument("--litellm-calls", type=int, default=int(env("BENCH_LITELLM_CALLS", "2000")),
@@ -867,7 +867,7 @@ def parse_args():
             p.error(f"unknown build {b!r} (known: wasm, native)")
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     for r in args.rows:
-        if r not in ("baseline", "warm", "cold", "shared", "nocache"):
+        if r not in ("baseline", "warm", "headers", "cold", "shared", "nocache"):
             p.error(f"unknown row {r!r}")
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     if args.shared_users < 1:
@@ -888,6 +888,10 @@ def plan_rows(args) -> list[Row]:
             if "warm" in args.rows:
                 rows.append(Row(f"{prefix}warm", f"{word} warm RS256 (cache hits)", with_filter=True, mode="fixed",
                                 build=build))
+            if "headers" in args.rows:  # issue 18: what signing at the headers, without buffering, buys
+                rows.append(Row(f"{prefix}headers-warm", f"{word} warm RS256, header mode (no buffering)",
+                                with_filter=True, mode="headers", build=build,
+                                plugin_extra={"scope_source": "headers", "allow_body_buffering": False}))
             if "cold" in args.rows:
                 rows.append(Row(f"{prefix}cold-RS256", f"{word} cold RS256 (new user per request)",
                                 with_filter=True, mode="vary", build=build))
