@@ -337,13 +337,13 @@ def test_plugin_config_snippets_load(placeholders, tmp_path):
             if b_env(configs[i][0]) == "introspection":
                 # The example names the environment variables holding the gateway's client credentials at the
                 # authorization server; the filter refuses to start without them (what the text says).
-                wasm["vm_config"]["environment_variables"] = {"key_values": {
-                    "MCP_JWT_INTROSPECTION_CLIENT_ID": "docs-gateway", "MCP_JWT_INTROSPECTION_CLIENT_SECRET": "docs"}}
+                # (The wasm VM sees these key_values; the native module reads the process environment, `env` below.)
+                wasm["vm_config"]["environment_variables"] = {"key_values": INTROSPECTION_ENV}
             cfg["static_resources"]["listeners"].append(listener)
 
     with RecordingUpstream() as up:
         try:
-            envoy = start_envoy(tmp_path / "all", {}, up.port, extra_edit=one_listener_each)
+            envoy = start_envoy(tmp_path / "all", {}, up.port, extra_edit=one_listener_each, env=INTROSPECTION_ENV)
         except AssertionError as e:  # name the snippet(s) that keep Envoy from starting
             failing = []
             for i, (b, text) in enumerate(configs):
@@ -361,6 +361,11 @@ def test_plugin_config_snippets_load(placeholders, tmp_path):
             found.check()
         finally:
             envoy.stop()
+
+
+# The client credentials the introspection example names (docs/coming-from-litellm.md), for the wasm VM and the
+# native module alike.
+INTROSPECTION_ENV = {"MCP_JWT_INTROSPECTION_CLIENT_ID": "docs-gateway", "MCP_JWT_INTROSPECTION_CLIENT_SECRET": "docs"}
 
 
 @pytest.mark.parametrize("block", REFUSED, ids=ids(REFUSED))
