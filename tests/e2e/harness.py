@@ -252,38 +252,32 @@ def build_envoy_config(plugin_config, *, admin_port: int, listener_port: int, up
 # --------------------------------------------------------------------------------------------------------------
 # the native build: the same config as a dynamic module
 # --------------------------------------------------------------------------------------------------------------
+def _dynamic_module_filter(filter_name: str, module: Path = None, filter_config: str = None) -> dict:
+    """Envoy's dynamic-modules HTTP filter running this module's `filter_name`."""
+    typed_config = {
+        "@type": DYNAMIC_MODULE_FILTER_TYPE,
+        "dynamic_module_config": {
+            "name": "mcp_jwt_signer",
+            "module": {"local": {"filename": str(module or NATIVE)}},
+            "do_not_close": True,
+        },
+        "filter_name": filter_name,
+    }
+    if filter_config is not None:
+        typed_config["filter_config"] = {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                         "value": filter_config}
+    return {"name": "envoy.filters.http.dynamic_modules", "typed_config": typed_config}
+
+
 def native_filter(plugin_json: str, module: Path = None) -> dict:
     """The dynamic-modules HTTP filter running the signer with `plugin_json` (the same JSON as the wasm filter's
     `configuration`)."""
-    return {
-        "name": "envoy.filters.http.dynamic_modules",
-        "typed_config": {
-            "@type": DYNAMIC_MODULE_FILTER_TYPE,
-            "dynamic_module_config": {
-                "name": "mcp_jwt_signer",
-                "module": {"local": {"filename": str(module or NATIVE)}},
-                "do_not_close": True,
-            },
-            "filter_name": "mcp_jwt_signer",
-            "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin_json},
-        },
-    }
+    return _dynamic_module_filter("mcp_jwt_signer", module, plugin_json)
 
 
 def native_route_guard_filter(module: Path = None) -> dict:
     """The module's route guard as an upstream filter of the router (src/request/guard.rs)."""
-    return {
-        "name": "envoy.filters.http.dynamic_modules",
-        "typed_config": {
-            "@type": DYNAMIC_MODULE_FILTER_TYPE,
-            "dynamic_module_config": {
-                "name": "mcp_jwt_signer",
-                "module": {"local": {"filename": str(module or NATIVE)}},
-                "do_not_close": True,
-            },
-            "filter_name": NATIVE_ROUTE_GUARD_FILTER_NAME,
-        },
-    }
+    return _dynamic_module_filter(NATIVE_ROUTE_GUARD_FILTER_NAME, module)
 
 
 def native_jwt_authn_state_filter(names) -> dict:
