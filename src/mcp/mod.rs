@@ -416,6 +416,50 @@ mod tests {
     }
 
     #[test]
+    fn integer_ids_of_either_sign_are_accepted_and_echoed() {
+        // i64-only (negative) and u64-only (above i64::MAX) integers are both exact JSON-RPC ids.
+        for id in ["-5", "18446744073709551615", "0", "7"] {
+            let ok = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
+            assert_eq!(call(&ok).id, Some(serde_json::from_str::<Value>(id).unwrap()), "{ok}");
+            // A refused request still echoes the id it carried.
+            let bad = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"a b"}}}}"#);
+            assert_eq!(
+                err(bad.as_bytes()).id(),
+                Some(&serde_json::from_str::<Value>(id).unwrap()),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_with_either_result_or_error_is_refused() {
+        for extra in [r#""result":{}"#, r#""error":{"code":1,"message":"x"}"#] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"ping",{extra}}}"#);
+            assert!(
+                matches!(err(body.as_bytes()), McpError::InvalidRequest { .. }),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn resource_uris_are_bounded_at_max_uri_len() {
+        let read = |uri: &str| {
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": {"uri": uri}});
+            parse_body(body.to_string().as_bytes())
+        };
+        assert_eq!(MAX_URI_LEN, 8192);
+        assert!(read(&"u".repeat(MAX_URI_LEN)).is_ok());
+        assert!(read(&"u".repeat(2000)).is_ok());
+        assert!(matches!(
+            read(&"u".repeat(MAX_URI_LEN + 1)),
+            Err(McpError::InvalidParams { .. })
+        ));
+        assert!(matches!(read(""), Err(McpError::InvalidParams { .. })));
+        assert!(read("u").is_ok());
+    }
+
+    #[test]
     fn one_bad_batch_element_refuses_the_batch() {
         let e = err(br#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"a b"}}]"#);
         assert!(matches!(e, McpError::InvalidParams { id: None, .. }));

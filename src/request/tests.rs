@@ -1218,3 +1218,102 @@ fn shared_cache_bounds_are_validated_naming_the_field() {
         assert!(err.contains(field), "{config}: {err}");
     }
 }
+
+// Cases that mutation testing (docs/mutants.md) found no test for.
+
+#[test]
+fn a_resource_without_scopes_supported_challenges_without_a_scope() {
+    let host = FakeHost::default();
+    let resource = r#""protected_resources": [{"resource": "https://mcp-gw.example.com/mcp",
+        "authorization_servers": ["https://auth.example.com"]SCOPES}]"#;
+    let config = |scopes: &str| {
+        format!(
+            r#"{{"identity": {{"subject": ["jwt:sub"]}}, "require_subject": true, {}}}"#,
+            resource.replace("SCOPES", scopes)
+        )
+    };
+    // No step-up rules: the challenge's scope can only come from the resource's scopes_supported.
+    let with = plugin(&config(r#", "scopes_supported": ["mcp:read"]"#), &host);
+    let e = exchange(&with, &host, &Req::post(TOOLS_CALL));
+    assert!(
+        www_authenticate(&e).starts_with(r#"Bearer scope="mcp:read", "#),
+        "{}",
+        www_authenticate(&e)
+    );
+    let p = plugin(&config(""), &host);
+    let e = exchange(&p, &host, &Req::post(TOOLS_CALL));
+    assert_refused(&e, 401, -32001, "unauthenticated");
+    assert_eq!(
+        www_authenticate(&e),
+        r#"Bearer resource_metadata="https://mcp-gw.example.com/.well-known/oauth-protected-resource/mcp""#
+    );
+}
+
+#[test]
+fn serving_protected_resource_metadata_is_audited() {
+    let host = FakeHost::default();
+    let p = plugin(AUTHZ, &host);
+    let e = exchange(&p, &host, &Req::new("GET", "/.well-known/oauth-protected-resource/mcp"));
+    assert_eq!(e.status(), 200);
+    assert_eq!(
+        e.effects.audit,
+        vec![("decision", json!("served")), ("endpoint", json!("protected_resource"))]
+    );
+}
+
+#[test]
+fn a_body_scoped_route_is_refused_when_the_filter_may_not_buffer() {
+    let host = FakeHost::default().attribute(
+        "xds/route_metadata/filter_metadata/mcp_jwt_signer",
+        json!({"scope_source": "body"}),
+    );
+    let p = plugin(r#"{"scope_source":"headers","allow_body_buffering":false}"#, &host);
+    let e = exchange(
+        &p,
+        &host,
+        &modern_headers(Req::post(TOOLS_CALL), "tools/call", Some("get_weather")),
+    );
+    assert_refused(&e, 500, -32603, "bad_route_metadata");
+}
+
+#[test]
+fn a_body_of_exactly_max_body_bytes_is_read_one_more_byte_is_refused() {
+    let host = FakeHost::default();
+    let limit = 1024;
+    let p = plugin(&format!(r#"{{"max_body_bytes":{limit}}}"#), &host);
+    let padded = |len: usize| {
+        let body = format!("{TOOLS_CALL}{}", " ".repeat(len - TOOLS_CALL.len()));
+        assert_eq!(body.len(), len);
+        body
+    };
+    // In one chunk, with no content-length: the body callback's own bound.
+    let e = exchange(&p, &host, &Req::post(&padded(limit)));
+    assert!(e.forwarded.is_some(), "{:?}", e.response);
+    let e = exchange(&p, &host, &Req::post(&padded(limit + 1)));
+    assert_refused(&e, 413, -32600, "body_too_large");
+}
+
+#[test]
+fn trailers_after_a_request_signed_at_the_headers_go_on() {
+    let host = FakeHost::default();
+    let p = plugin(r#"{"scope_source":"headers"}"#, &host);
+    let mut request = modern_headers(Req::post(TOOLS_CALL), "tools/call", Some("get_weather"));
+    request.trailers = true;
+    let e = exchange(&p, &host, &request);
+    assert!(e.forwarded.is_some(), "{:?}", e.response);
+    assert_eq!(
+        verified_claims(&p, &host, &e, "mcp")["scope"],
+        "mcp:tools/call mcp:tools/get_weather:call"
+    );
+}
+
+#[test]
+fn the_token_is_stamped_with_the_clock_in_seconds() {
+    let host = FakeHost::default();
+    host.now_micros.set(1_700_000_123_456_789);
+    let p = plugin(r#"{"ttl_seconds":60}"#, &host);
+    let e = exchange(&p, &host, &Req::post(TOOLS_CALL));
+    let claims = verified_claims(&p, &host, &e, "mcp");
+    assert_eq!(claims["iat"], 1_700_000_123);
+    assert_eq!(claims["exp"], 1_700_000_183);
+}
