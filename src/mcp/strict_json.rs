@@ -153,6 +153,27 @@ mod tests {
     }
 
     #[test]
+    fn refusals_name_the_key_escaped_and_cut_at_32_characters() {
+        let e = parse(br#"{"method":"a","method":"b"}"#).unwrap_err().to_string();
+        assert!(e.contains(r#"duplicate key "method""#), "{e}");
+        // A control character is escaped (a log line stays one line); a long key is cut.
+        let long = "k".repeat(40);
+        let e = parse(format!(r#"{{"a\nb":1,"a\nb":2,"{long}":1}}"#).as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(r#"duplicate key "a\nb""#), "{e}");
+        let e = parse(format!(r#"{{"{long}":1,"{long}":2}}"#).as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!(r#"duplicate key "{}""#, "k".repeat(32))), "{e}");
+        let e = parse(br#"{"Name":1,"name":2}"#).unwrap_err().to_string();
+        assert!(
+            e.contains(r#"keys "Name" and "name" differ only in letter case"#),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn refuses_duplicate_keys_at_any_depth() {
         assert!(parse(br#"{"method":"a","method":"b"}"#).is_err());
         assert!(parse(br#"{"p":{"name":"a","name":"b"}}"#).is_err());
