@@ -137,6 +137,17 @@ pub fn issuer_for(config: &Config, tls: impl FnOnce() -> bool, authority: &[u8])
 mod tests {
     use super::*;
 
+    #[test]
+    fn content_length_is_digits_only() {
+        for good in [&b"0"[..], b"42", b" 7 "] {
+            assert!(parse_content_length(good).is_some(), "{good:?}");
+        }
+        // What Rust's integer parser would take but HTTP does not: a sign; and anything else that is not digits.
+        for bad in [&b""[..], b" ", b"+5", b"-5", b"5 5", b"0x10", b"\xff"] {
+            assert_eq!(parse_content_length(bad), None, "{bad:?}");
+        }
+    }
+
     fn head<'a>(method: &'a [u8], path: &'a [u8], eos: bool) -> RequestHead<'a> {
         RequestHead {
             method,
