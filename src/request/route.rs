@@ -221,6 +221,18 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn an_empty_list_is_no_settings_any_other_list_is_refused() {
+        // Envoy encodes an empty map and an empty list alike.
+        assert_eq!(
+            RouteSettings::from_namespace(Some(&json!([]))).unwrap(),
+            RouteSettings::default()
+        );
+        for bad in [json!(["audience"]), json!("x"), json!(1)] {
+            assert!(RouteSettings::from_namespace(Some(&bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn delivery_and_fixed_scopes_in_route_metadata() {
         let ns = json!({"fixed_scopes": ["mcp:tools/call", "weather:read"], "token_header": "X-MCP-Gateway-Token",
                         "client_authorization": "forward"});

@@ -278,6 +278,40 @@ mod tests {
     const V: (&str, &str) = ("mcp-protocol-version", "2026-07-28");
 
     #[test]
+    fn a_repeated_header_is_named_in_the_refusal() {
+        let tools = modern("tools/call", json!({"name":"get_weather"}));
+        let good = [V, ("mcp-method", "tools/call"), ("mcp-name", "get_weather")];
+        for (name, value, message) in [
+            ("mcp-method", "tools/call", "Mcp-Method is repeated"),
+            ("mcp-name", "get_weather", "Mcp-Name is repeated"),
+            ("mcp-protocol-version", "2026-07-28", "MCP-Protocol-Version is repeated"),
+        ] {
+            let mut list = good.to_vec();
+            list.push((name, value));
+            assert_eq!(
+                check_routing_headers(&tools, &headers(&list)),
+                Err(Refusal::HeaderMismatch(message))
+            );
+        }
+    }
+
+    #[test]
+    fn protocol_versions_must_be_dates() {
+        assert_eq!(version(b"2026-07-28"), Ok("2026-07-28"));
+        for bad in [
+            &b"2026/07/28"[..],
+            b"2026-07-2x",
+            b"20260728",
+            b"2026-07-281",
+            b"x026-07-28",
+            b"",
+            b"\xff",
+        ] {
+            assert!(matches!(version(bad), Err(Refusal::HeaderMismatch(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn every_row_of_the_header_table() {
         let tools = modern("tools/call", json!({"name":"get_weather"}));
         let read = modern("resources/read", json!({"uri":"file:///projects/myapp/config.json"}));
