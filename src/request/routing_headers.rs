@@ -296,6 +296,29 @@ mod tests {
     }
 
     #[test]
+    fn header_mode_reads_versions_from_2026_07_28_and_bounds_resource_uris() {
+        let at = |version: &str, method: &str, name: &str| {
+            call_from_headers(&headers(&[
+                ("mcp-protocol-version", version),
+                ("mcp-method", method),
+                ("mcp-name", name),
+            ]))
+        };
+        // Earlier revisions: the headers do not bind the body, the caller reads it.
+        assert_eq!(at("2025-11-25", "tools/call", "get_weather"), Ok(None));
+        assert!(matches!(at("2026-07-28", "tools/call", "get_weather"), Ok(Some(_))));
+        assert!(matches!(at("2027-01-01", "tools/call", "get_weather"), Ok(Some(_))));
+        let max = "u".repeat(crate::mcp::MAX_URI_LEN);
+        assert!(matches!(at("2026-07-28", "resources/read", &max), Ok(Some(_))));
+        assert!(matches!(at("2026-07-28", "resources/read", "file:///a"), Ok(Some(_))));
+        let over = "u".repeat(crate::mcp::MAX_URI_LEN + 1);
+        assert!(matches!(
+            at("2026-07-28", "resources/read", &over),
+            Err(Refusal::HeaderMismatch(_))
+        ));
+    }
+
+    #[test]
     fn protocol_versions_must_be_dates() {
         assert_eq!(version(b"2026-07-28"), Ok("2026-07-28"));
         for bad in [

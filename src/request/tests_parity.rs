@@ -747,6 +747,31 @@ fn an_incoming_act_is_nested_and_a_foreign_may_act_is_refused() {
 }
 
 #[test]
+fn each_delegation_switch_works_without_the_other() {
+    let host = FakeHost::default()
+        .jwt_claim("sub", json!("alice"))
+        .jwt_claim("act", json!({"sub": "agent-7"}))
+        .jwt_claim("may_act", json!({"sub": "some-other-service"}));
+    // Nesting off, may_act still enforced.
+    let enforce_only = plugin(
+        r#"{"identity":{"subject":["jwt:sub"]},"actor":"mcp-gateway","delegation":{"nest_act":false}}"#,
+        &host,
+    );
+    let e = exchange(&enforce_only, &host, &Req::post(TOOLS_CALL));
+    assert_refused(&e, 403, -32003, "delegation_refused");
+    // may_act not enforced, the chain still nested.
+    let nest_only = plugin(
+        r#"{"identity":{"subject":["jwt:sub"]},"actor":"mcp-gateway","delegation":{"enforce_may_act":false}}"#,
+        &host,
+    );
+    let e = exchange(&nest_only, &host, &Req::post(TOOLS_CALL));
+    assert_eq!(
+        verify(&nest_only, &host, &bearer_in(&e, "authorization"), "mcp").unwrap()["act"],
+        json!({"sub": "mcp-gateway", "act": {"sub": "agent-7"}})
+    );
+}
+
+#[test]
 fn a_delegation_chain_deeper_than_the_limit_is_refused() {
     let mut chain = json!({"sub": "a0"});
     for i in 1..crate::config::defaults::MAX_DELEGATION_DEPTH {
