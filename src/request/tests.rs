@@ -839,6 +839,10 @@ fn step_up_names_every_missing_scope_in_one_challenge() {
     // Methods without requirements need nothing.
     let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
     assert!(exchange(&p, &host, &Req::post(list)).forwarded.is_some());
+    // A verified user whose token carries no scope claim at all: 403 for the scope, not 401 for a token.
+    let host = FakeHost::default().jwt_claim("sub", json!("alice"));
+    let e = exchange(&p, &host, &Req::post(TOOLS_CALL));
+    assert_refused(&e, 403, -32003, "insufficient_scope");
 }
 
 #[test]
