@@ -69,12 +69,16 @@ case "$MODE" in
 esac
 [ "$touches_crypto" = no ] && test_args+=(-- --skip crypto::)
 
-# One tree per job: the tracked and untracked-but-not-ignored files, mtimes kept (unchanged files stay fresh).
+# One tree per job: the tracked and untracked-but-not-ignored files (its target/ stays, so dependencies stay built).
 sync_tree() {
     local tree=$1
     mkdir -p "$tree"
     find "$tree" -mindepth 1 -maxdepth 1 ! -name target -exec rm -rf {} +
     git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$tree"
+    # The crate's own sources get a fresh mtime: cargo-mutants restores a mutated file after each mutant, and a
+    # copied file's older mtime could then leave the last mutant's build in place as the baseline (seen: a
+    # baseline test failing with a mutant's behaviour). The dependencies stay built.
+    find "$tree/src" -name '*.rs' -exec touch {} +
 }
 
 pids=()
