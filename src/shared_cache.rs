@@ -195,6 +195,30 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_value_is_the_header_then_the_jti_then_the_token() {
+        let key = SharedKey::new(&FP, "k");
+        let t = token("abc.def.ghi", 1300);
+        let value = encode(&key, &t).unwrap();
+        // magic (4), digest (32), exp (8), jti length (2), token length (4).
+        assert_eq!(HEADER_BYTES, 50);
+        assert_eq!(value.len(), HEADER_BYTES + t.jti.len() + t.jwt.len());
+        assert_eq!(&value[HEADER_BYTES..HEADER_BYTES + t.jti.len()], t.jti.as_bytes());
+        assert_eq!(decode(&key, &value), Some(t));
+    }
+
+    #[test]
+    fn a_token_at_its_exp_second_is_never_served() {
+        let mut c = config(64, 4096);
+        c.min_remaining_seconds = 0;
+        let host = FakeHost::default();
+        let key = SharedKey::new(&FP, "k");
+        let found = lookup(&host, &c, &key, 1000);
+        publish(&host, &c, &key, &found, &token("t", 1300));
+        assert_eq!(lookup(&host, &c, &key, 1299), Found::Hit(token("t", 1300)));
+        assert!(matches!(lookup(&host, &c, &key, 1300), Found::Miss { cas: Some(_) }));
+    }
+
+    #[test]
     fn no_claim_set_key_or_configuration_reads_another_token() {
         // One slot: every key lands in it, so only the digest tells them apart.
         let c = config(1, 4096);
