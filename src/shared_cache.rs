@@ -207,6 +207,24 @@ mod tests {
     }
 
     #[test]
+    fn a_token_that_exactly_fills_a_slot_is_shared() {
+        let key = SharedKey::new(&FP, "k");
+        let t = token("t", 1300);
+        let exact = encode(&key, &t).unwrap().len();
+        for (entry_bytes, shared) in [(exact, true), (exact - 1, false)] {
+            let c = config(64, entry_bytes);
+            let host = FakeHost::default();
+            let found = lookup(&host, &c, &key, 1000);
+            publish(&host, &c, &key, &found, &t);
+            assert_eq!(
+                matches!(lookup(&host, &c, &key, 1000), Found::Hit(_)),
+                shared,
+                "{entry_bytes}"
+            );
+        }
+    }
+
+    #[test]
     fn a_token_at_its_exp_second_is_never_served() {
         let mut c = config(64, 4096);
         c.min_remaining_seconds = 0;

@@ -402,6 +402,47 @@ mod tests {
         assert_ne!(cache_key(&token), cache_key(&BearerToken("a+b/c".into())));
     }
 
+    #[test]
+    fn bounds_the_debug_form_and_the_failure_hints() {
+        let c = config();
+        // Debug says what it is and how long, never the token.
+        assert_eq!(
+            format!("{:?}", BearerToken("secret-token".into())),
+            "BearerToken(<12 bytes>)"
+        );
+        // Exactly the longest token introspected is read; a padding-only token is not one.
+        let max = format!("Bearer {}", "a".repeat(MAX_INTROSPECTED_TOKEN_BYTES));
+        assert!(matches!(bearer(&c, &headers(&[max.as_bytes()])), Bearer::Token(_)));
+        assert!(matches!(bearer(&c, &headers(&[b"Bearer =="])), Bearer::Malformed(_)));
+        // Numbers: integers, non-negative finite floats (truncated); anything else is refused.
+        let doc = serde_json::json!({"a": 5, "b": 1.5, "c": -1.5, "d": -1, "e": "5"});
+        assert_eq!(number(&doc, "a"), Ok(Some(5)));
+        assert_eq!(number(&doc, "b"), Ok(Some(1)));
+        assert_eq!(number(&doc, "missing"), Ok(None));
+        for name in ["c", "d", "e"] {
+            assert!(number(&doc, name).is_err(), "{name}");
+        }
+        // A failed answer's log line points at the likely cause.
+        let s = c.introspection.as_ref().unwrap();
+        for (status, hint) in [
+            (401, "client credentials"),
+            (404, "introspection.path"),
+            (405, "introspection.path"),
+            (503, "Envoy for a cluster it cannot connect to"),
+            (504, "introspection.timeout_ms"),
+        ] {
+            let r = CalloutResponse {
+                status,
+                headers: Vec::new(),
+                body: Vec::new(),
+            };
+            assert!(
+                matches!(judge(s, Some(&r), 1000), Outcome::Failed(d) if d.contains(hint)),
+                "{status}"
+            );
+        }
+    }
+
     fn answer(status: u32, body: &str) -> CalloutResponse {
         CalloutResponse {
             status,
