@@ -422,8 +422,22 @@ mod tests {
         for name in ["c", "d", "e"] {
             assert!(number(&doc, name).is_err(), "{name}");
         }
-        // A failed answer's log line points at the likely cause.
+        // An answer of exactly the largest size is read; one byte more is not.
+        let sized = |len: usize| {
+            let body = format!(r#"{{"active":false}}{}"#, " ".repeat(len - 16));
+            assert_eq!(body.len(), len);
+            CalloutResponse {
+                status: 200,
+                headers: Vec::new(),
+                body: body.into_bytes(),
+            }
+        };
         let s = c.introspection.as_ref().unwrap();
+        let at_max = sized(MAX_INTROSPECTION_RESPONSE_BYTES);
+        assert!(matches!(judge(s, Some(&at_max), 1000), Outcome::Inactive(_)));
+        let over = sized(MAX_INTROSPECTION_RESPONSE_BYTES + 1);
+        assert!(matches!(judge(s, Some(&over), 1000), Outcome::Failed(d) if d.contains("larger")));
+        // A failed answer's log line points at the likely cause.
         for (status, hint) in [
             (401, "client credentials"),
             (404, "introspection.path"),
