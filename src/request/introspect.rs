@@ -437,6 +437,14 @@ mod tests {
         assert!(matches!(judge(s, Some(&at_max), 1000), Outcome::Inactive(_)));
         let over = sized(MAX_INTROSPECTION_RESPONSE_BYTES + 1);
         assert!(matches!(judge(s, Some(&over), 1000), Outcome::Failed(d) if d.contains("larger")));
+        // `aud` as a single string; `nbf` of this very second is valid.
+        let ok = |body: &str| CalloutResponse {
+            status: 200,
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+        };
+        let string_aud = ok(r#"{"active":true,"aud":"https://gw.example.com/mcp","nbf":1000}"#);
+        assert!(matches!(judge(s, Some(&string_aud), 1000), Outcome::Active(_)));
         // A failed answer's log line points at the likely cause.
         for (status, hint) in [
             (401, "client credentials"),
