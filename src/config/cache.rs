@@ -32,23 +32,35 @@ pub struct TokenCacheConfig {
     pub shared_entry_bytes: usize,
 }
 
+/// A cache's entry bound: `value`, else `default`; at most `CACHE_MAX_ENTRIES_LIMIT`, refused naming `field`.
+pub(crate) fn entries(field: &str, value: Option<u64>, default: usize) -> Result<u64, ConfigError> {
+    let n = value.unwrap_or(default as u64);
+    if n > defaults::CACHE_MAX_ENTRIES_LIMIT as u64 {
+        return Err(ConfigError::new(
+            field,
+            format!("at most {}", defaults::CACHE_MAX_ENTRIES_LIMIT),
+        ));
+    }
+    Ok(n)
+}
+
+/// A cache's byte bound: `value`, else `default`; at most `CACHE_MAX_BYTES_LIMIT` (1 GiB), refused naming `field`.
+pub(crate) fn bytes(field: &str, value: Option<u64>, default: usize) -> Result<u64, ConfigError> {
+    let n = value.unwrap_or(default as u64);
+    if n > defaults::CACHE_MAX_BYTES_LIMIT as u64 {
+        return Err(ConfigError::new(
+            field,
+            format!("at most {} bytes (1 GiB)", defaults::CACHE_MAX_BYTES_LIMIT),
+        ));
+    }
+    Ok(n)
+}
+
 impl TokenCacheConfig {
     /// Validates `token_cache` against the token lifetime.
     pub(crate) fn from_raw(raw: RawTokenCache, ttl_seconds: u64) -> Result<TokenCacheConfig, ConfigError> {
-        let max_entries = raw.max_entries.unwrap_or(defaults::CACHE_MAX_ENTRIES as u64);
-        if max_entries > defaults::CACHE_MAX_ENTRIES_LIMIT as u64 {
-            return Err(ConfigError::new(
-                "token_cache.max_entries",
-                format!("at most {}", defaults::CACHE_MAX_ENTRIES_LIMIT),
-            ));
-        }
-        let max_bytes = raw.max_bytes.unwrap_or(defaults::CACHE_MAX_BYTES as u64);
-        if max_bytes > defaults::CACHE_MAX_BYTES_LIMIT as u64 {
-            return Err(ConfigError::new(
-                "token_cache.max_bytes",
-                format!("at most {} bytes (1 GiB)", defaults::CACHE_MAX_BYTES_LIMIT),
-            ));
-        }
+        let max_entries = entries("token_cache.max_entries", raw.max_entries, defaults::CACHE_MAX_ENTRIES)?;
+        let max_bytes = bytes("token_cache.max_bytes", raw.max_bytes, defaults::CACHE_MAX_BYTES)?;
         let default_remaining = (ttl_seconds as f64 * defaults::CACHE_MIN_REMAINING_FRACTION).ceil() as u64;
         let min_remaining_seconds = raw.min_remaining_seconds.unwrap_or(default_remaining);
         if min_remaining_seconds >= ttl_seconds && max_entries > 0 {
@@ -57,22 +69,16 @@ impl TokenCacheConfig {
                 "must be less than ttl_seconds (or switch the cache off with max_entries: 0)",
             ));
         }
-        let shared_max_entries = raw
-            .shared_max_entries
-            .unwrap_or(defaults::SHARED_CACHE_MAX_ENTRIES as u64);
-        if shared_max_entries > defaults::CACHE_MAX_ENTRIES_LIMIT as u64 {
-            return Err(ConfigError::new(
-                "token_cache.shared_max_entries",
-                format!("at most {}", defaults::CACHE_MAX_ENTRIES_LIMIT),
-            ));
-        }
-        let shared_max_bytes = raw.shared_max_bytes.unwrap_or(defaults::SHARED_CACHE_MAX_BYTES as u64);
-        if shared_max_bytes > defaults::CACHE_MAX_BYTES_LIMIT as u64 {
-            return Err(ConfigError::new(
-                "token_cache.shared_max_bytes",
-                format!("at most {} bytes (1 GiB)", defaults::CACHE_MAX_BYTES_LIMIT),
-            ));
-        }
+        let shared_max_entries = entries(
+            "token_cache.shared_max_entries",
+            raw.shared_max_entries,
+            defaults::SHARED_CACHE_MAX_ENTRIES,
+        )?;
+        let shared_max_bytes = bytes(
+            "token_cache.shared_max_bytes",
+            raw.shared_max_bytes,
+            defaults::SHARED_CACHE_MAX_BYTES,
+        )?;
         // With the worker cache off nothing is reused, so nothing is shared either.
         let shared_max_entries = if max_entries == 0 {
             0

@@ -190,22 +190,16 @@ impl Introspection {
 }
 
 fn cache(raw: RawIntrospectionCache) -> Result<IntrospectionCache, ConfigError> {
-    let max_entries = raw
-        .max_entries
-        .unwrap_or(defaults::INTROSPECTION_CACHE_MAX_ENTRIES as u64);
-    if max_entries > defaults::CACHE_MAX_ENTRIES_LIMIT as u64 {
-        return Err(ConfigError::new(
-            "introspection.cache.max_entries",
-            format!("at most {}", defaults::CACHE_MAX_ENTRIES_LIMIT),
-        ));
-    }
-    let max_bytes = raw.max_bytes.unwrap_or(defaults::INTROSPECTION_CACHE_MAX_BYTES as u64);
-    if max_bytes > defaults::CACHE_MAX_BYTES_LIMIT as u64 {
-        return Err(ConfigError::new(
-            "introspection.cache.max_bytes",
-            format!("at most {} bytes (1 GiB)", defaults::CACHE_MAX_BYTES_LIMIT),
-        ));
-    }
+    let max_entries = super::cache::entries(
+        "introspection.cache.max_entries",
+        raw.max_entries,
+        defaults::INTROSPECTION_CACHE_MAX_ENTRIES,
+    )?;
+    let max_bytes = super::cache::bytes(
+        "introspection.cache.max_bytes",
+        raw.max_bytes,
+        defaults::INTROSPECTION_CACHE_MAX_BYTES,
+    )?;
     let max_seconds = raw.max_seconds.unwrap_or(defaults::INTROSPECTION_CACHE_MAX_SECONDS);
     if max_seconds == 0 || max_seconds > defaults::INTROSPECTION_CACHE_MAX_SECONDS_LIMIT {
         return Err(ConfigError::new(
