@@ -1356,6 +1356,22 @@ def istiod_wasm_filter_from_wasmplugin(wp: Resource, module: Path) -> dict:
     }
 
 
+def as_istiod_builds_it(wasm_typed_config: dict):
+    """An Envoy edit: the signer filter replaced by the Wasm filter istiod generates from a WasmPlugin
+    (`wasm_typed_config`), and the router as istiod builds it (no upstream filters, so no route guard)."""
+    def edit(cfg):
+        for listener in cfg["static_resources"]["listeners"]:
+            for chain in listener["filter_chains"]:
+                for f in chain["filters"]:
+                    for hf in f.get("typed_config", {}).get("http_filters", []):
+                        if hf.get("typed_config", {}).get("@type") == WASM_TYPE:
+                            hf["name"] = wasm_typed_config["config"]["name"]
+                            hf["typed_config"] = wasm_typed_config
+                        if hf["name"] == ROUTER_NAME:
+                            hf["typed_config"].pop("upstream_http_filters", None)
+    return edit
+
+
 def test_wasmplugin_translation_hangs_and_the_flag_fixes_it(oci_layout, tmp_path):
     """Why deploy/istio/does-not-work/ does not work, shown in a real Envoy: the WasmPlugin translated as istiod
     does loads fine and answers GET /.well-known/*, but an MCP POST never reaches the upstream. The identical
@@ -1369,22 +1385,9 @@ def test_wasmplugin_translation_hangs_and_the_flag_fixes_it(oci_layout, tmp_path
     key = signing_key_pem()
     body = json.dumps(rpc("tools/list", id=1)).encode()
 
-    def edit_with(typed_config):
-        def edit(cfg):
-            for listener in cfg["static_resources"]["listeners"]:
-                for chain in listener["filter_chains"]:
-                    for f in chain["filters"]:
-                        for hf in f.get("typed_config", {}).get("http_filters", []):
-                            if hf.get("typed_config", {}).get("@type") == WASM_TYPE:
-                                hf["name"] = generated["config"]["name"]
-                                hf["typed_config"] = typed_config
-                            if hf["name"] == ROUTER_NAME:  # istiod's router: no upstream filters, no route guard
-                                hf["typed_config"].pop("upstream_http_filters", None)
-        return edit
-
     with RecordingUpstream() as upstream:
         envoy = start_envoy(tmp_path / "wasmplugin", json.dumps(plugin), upstream.port,
-                            env={KEY_ENV: key}, extra_edit=edit_with(generated))
+                            env={KEY_ENV: key}, extra_edit=as_istiod_builds_it(generated))
         try:
             assert requests.get(envoy.url + JWKS_SUFFIX, timeout=5).status_code == 200, "it looks healthy"
             with pytest.raises(requests.exceptions.ReadTimeout):
@@ -1396,7 +1399,7 @@ def test_wasmplugin_translation_hangs_and_the_flag_fixes_it(oci_layout, tmp_path
         fixed = copy.deepcopy(generated)
         fixed["config"]["allow_on_headers_stop_iteration"] = True
         envoy = start_envoy(tmp_path / "with-flag", json.dumps(plugin), upstream.port,
-                            env={KEY_ENV: key}, extra_edit=edit_with(fixed))
+                            env={KEY_ENV: key}, extra_edit=as_istiod_builds_it(fixed))
         try:
             r = requests.post(envoy.url + "/mcp", data=body, headers=MCP_HEADERS, timeout=10)
             assert r.status_code == 200, r.text
@@ -1420,16 +1423,7 @@ def test_header_mode_wasmplugin_works_as_istiod_translates_it(oci_layout, tmp_pa
     meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
     body = json.dumps(rpc("tools/list", {"_meta": meta}, id=1)).encode()
 
-    def edit(cfg):
-        for listener in cfg["static_resources"]["listeners"]:
-            for chain in listener["filter_chains"]:
-                for f in chain["filters"]:
-                    for hf in f.get("typed_config", {}).get("http_filters", []):
-                        if hf.get("typed_config", {}).get("@type") == WASM_TYPE:
-                            hf["name"] = generated["config"]["name"]
-                            hf["typed_config"] = generated
-                        if hf["name"] == ROUTER_NAME:  # istiod's router: no upstream filters, no route guard
-                            hf["typed_config"].pop("upstream_http_filters", None)
+    edit = as_istiod_builds_it(generated)
 
     with RecordingUpstream() as upstream:
         envoy = start_envoy(tmp_path / "wasmplugin-hm", json.dumps(plugin), upstream.port,
