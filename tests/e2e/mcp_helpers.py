@@ -1,7 +1,7 @@
 """Helpers for the tests that put real MCP software around the gateway: the official MCP Python SDK as the client,
 examples/weather_server.py (FastMCP) as the server, Envoy's own jwt_authn as a mesh-native verifier.
 
-Used by test_mcp_sdk.py, test_jwt_authn.py and test_key_rotation.py. Every server binds 127.0.0.1 on a free port.
+Used by test_mcp_sdk.py, test_jwt_authn.py, test_key_rotation.py, test_mcp_authorization.py and test_oauth_server.py. Every server binds 127.0.0.1 on a free port.
 """
 
 from __future__ import annotations
@@ -366,3 +366,23 @@ def tool_json(result) -> dict:
 def tool_error_text(result) -> str:
     assert result.is_error, f"tool should have failed, returned {result.structured_content or result.content}"
     return " ".join(getattr(b, "text", "") for b in result.content)
+
+
+class MemoryStorage:
+    """The MCP SDK's OAuth TokenStorage, in memory (one client's tokens and registration)."""
+
+    def __init__(self):
+        self.tokens = None
+        self.client_info = None
+
+    async def get_tokens(self):
+        return self.tokens
+
+    async def set_tokens(self, tokens):
+        self.tokens = tokens
+
+    async def get_client_info(self):
+        return self.client_info
+
+    async def set_client_info(self, client_info):
+        self.client_info = client_info

@@ -29,29 +29,11 @@ from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuth
 from mcp.client.streamable_http import streamable_http_client
 
 from harness import free_port, load_envoy_yaml, start_envoy, wasm_filter_config
-from mcp_helpers import JWT_AUTHN_FILTER_TYPE, WeatherServer, _hcm, _static_cluster, tool_json
+from mcp_helpers import JWT_AUTHN_FILTER_TYPE, MemoryStorage, WeatherServer, _hcm, _static_cluster, tool_json
 from oauth_server import new_secret
 
 TOOLS = "mcp:tools"            # what the AS grants for calling tools at all
 WEATHER = "weather:read"       # what get_weather needs on top
-
-
-class MemoryStorage:
-    def __init__(self):
-        self.tokens = None
-        self.client_info = None
-
-    async def get_tokens(self):
-        return self.tokens
-
-    async def set_tokens(self, tokens):
-        self.tokens = tokens
-
-    async def get_client_info(self):
-        return self.client_info
-
-    async def set_client_info(self, client_info):
-        self.client_info = client_info
 
 
 def gateway_edit(as_port: int, as_issuer: str, resource: str, weather_port: int):

@@ -33,6 +33,7 @@ from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuth
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 
 from harness import free_port
+from mcp_helpers import MemoryStorage
 from oauth_server import new_secret
 from plain_envoy import JWT_AUTHN_TYPE, http_listener_config, start_envoy_config, static_cluster
 from recording_upstream import RecordingUpstream
@@ -424,24 +425,6 @@ class StandIn:
     def stop(self):
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-class MemoryStorage:
-    def __init__(self):
-        self.tokens = None
-        self.client_info = None
-
-    async def get_tokens(self):
-        return self.tokens
-
-    async def set_tokens(self, tokens):
-        self.tokens = tokens
-
-    async def get_client_info(self):
-        return self.client_info
-
-    async def set_client_info(self, client_info):
-        self.client_info = client_info
 
 
 @dataclass
