@@ -1,7 +1,8 @@
 """Helpers for the tests that put real MCP software around the gateway: the official MCP Python SDK as the client,
 examples/weather_server.py (FastMCP) as the server, Envoy's own jwt_authn as a mesh-native verifier.
 
-Used by test_mcp_sdk.py, test_jwt_authn.py, test_key_rotation.py, test_mcp_authorization.py and test_oauth_server.py. Every server binds 127.0.0.1 on a free port.
+Used by test_mcp_sdk.py, test_jwt_authn.py, test_key_rotation.py, test_mcp_authorization.py and
+test_oauth_server.py. Every server binds 127.0.0.1 on a free port.
 """
 
 from __future__ import annotations
